@@ -1,0 +1,1 @@
+"""cityops-edge: edge video analytics for city operations."""
