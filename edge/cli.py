@@ -1,0 +1,161 @@
+"""Command line: `python run_edge.py [command] ...` (`run` is the default)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = ROOT / "models" / "cityops_det_n416.onnx"
+
+
+class Progress:
+    """A one-line progress bar on stderr for jobs that take minutes."""
+
+    def __init__(self, label: str, stream=sys.stderr) -> None:
+        self.label, self.stream, self.t0, self.last = label, stream, time.monotonic(), 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < 0.5:
+            return
+        self.last = now
+        el = now - self.t0
+        eta = el / done * (total - done) if done else 0
+        bar = "#" * int(30 * done / max(total, 1))
+        self.stream.write(f"\r{self.label} [{bar:<30}] {done}/{total} {el:5.0f}s eta {eta:4.0f}s")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def cmd_synth_dataset(a: argparse.Namespace) -> int:
+    from .synth.dataset import write_dataset
+
+    y = write_dataset(Path(a.out), a.images, a.seed, a.imgsz, a.val_fraction, a.workers, Progress("rendering"))
+    print(f"wrote {y}")
+    return 0
+
+
+def cmd_synth_scenario(a: argparse.Namespace) -> int:
+    from .synth.scenario import write_scenario
+
+    truth = write_scenario(Path(a.out), a.seed, a.minutes, cameras=a.cameras, fps=a.fps, width=a.width,
+                           height=a.height, progress=Progress("rendering clip"))
+    print(f"wrote {truth}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .recipe import run_recipe
+
+    try:
+        run_recipe(a, Progress)
+    except ImportError as e:
+        print(f"error: training needs the optional extra: pip install -e '.[train]' ({e})", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_measure_model(a: argparse.Namespace) -> int:
+    from .recipe import measure_model, write_card
+
+    model = Path(a.model)
+    figures = measure_model(model, Path(a.out), Progress, a.test_images, a.test_images)
+    man_path = model.with_name(model.stem + ".manifest.json")
+    man = json.loads(man_path.read_text())
+    man["training"]["measured"] = figures
+    man_path.write_text(json.dumps(man, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {write_card(model, figures, man['training'].get('recipe', {}))}")
+    return 0
+
+
+def cmd_eval_model(a: argparse.Namespace) -> int:
+    from .detector import ModelMismatchError
+    from .evaluate import evaluate, format_table
+    from .manifest import ManifestError
+
+    try:
+        res = evaluate(Path(a.model), Path(a.data), split=a.split, progress=None if a.json else Progress("evaluating"))
+    except (ManifestError, ModelMismatchError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.json:
+        print(json.dumps(res))
+    else:
+        print(format_table(res))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_edge.py", description="cityops-edge: city-management incidents from "
+                                "street cameras, reported once over MQTT.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command")
+
+    s = sub.add_parser("synth-dataset", help="render a synthetic detection dataset (ultralytics layout)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--images", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--imgsz", type=int, default=640, help="rendered image width in pixels")
+    s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--workers", type=int, default=2)
+    s.set_defaults(func=cmd_synth_dataset)
+
+    s = sub.add_parser("synth-scenario", help="render a camera watching incidents come and go: MP4 + truth.json")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--minutes", type=float, default=5.0)
+    s.add_argument("--cameras", type=int, default=1)
+    s.add_argument("--fps", type=float, default=5.0)
+    s.add_argument("--width", type=int, default=1280)
+    s.add_argument("--height", type=int, default=720)
+    s.set_defaults(func=cmd_synth_scenario)
+
+    s = sub.add_parser("train", help="generate data, train a small YOLO from scratch, export ONNX, write manifest "
+                                     "and model card (needs the 'train' extra)")
+    s.add_argument("--out", default="runs/train", help="working directory for data and checkpoints")
+    s.add_argument("--images", type=int, default=3000)
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--epochs", type=int, default=25)
+    s.add_argument("--imgsz", type=int, default=416)
+    s.add_argument("--batch", type=int, default=16)
+    s.add_argument("--arch", default="yolov8n.yaml", help="ultralytics architecture yaml (no weights are loaded)")
+    s.add_argument("--device", default="cpu", help="cpu, or a CUDA index such as 0")
+    s.add_argument("--workers", type=int, default=0, help="data-loader workers (GPU runs: 8 or more)")
+    s.add_argument("--data", help="train on this dataset yaml instead of generating one")
+    s.add_argument("--name", default="cityops_det_n416", help="model name: writes models/<name>.onnx")
+    s.add_argument("--models-dir", default=str(ROOT / "models"))
+    s.add_argument("--skip-measure", action="store_true", help="do not measure the model for its card")
+    s.add_argument("--test-images", type=int, default=300, help="images in each rendered test set")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("measure-model", help="measure a model on data it never saw and rewrite its model card")
+    s.add_argument("--model", default=str(DEFAULT_MODEL))
+    s.add_argument("--out", default="runs/measure", help="where the test sets are rendered (reused if present)")
+    s.add_argument("--test-images", type=int, default=300, help="images in each rendered test set")
+    s.set_defaults(func=cmd_measure_model)
+
+    s = sub.add_parser("eval-model", help="evaluate an ONNX model with the runtime's own inference path")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True, help="ultralytics dataset yaml (boxes or polygons)")
+    s.add_argument("--split", default="val")
+    s.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    s.set_defaults(func=cmd_eval_model)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command is None:
+        args = parser.parse_args(["run", *(argv or [])]) if "run" in parser._subparsers._group_actions[0].choices else args
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
