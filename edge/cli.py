@@ -90,11 +90,20 @@ def cmd_eval_model(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(a: argparse.Namespace) -> int:
+    print("error: the edge runtime (run/replay/check) is not built yet; see the README's status line. "
+          "The detector commands work: python run_edge.py --help", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_edge.py", description="cityops-edge: city-management incidents from "
                                 "street cameras, reported once over MQTT.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command")
+
+    s = sub.add_parser("run", help="run the edge runtime (default: the bundled demo site)")
+    s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("synth-dataset", help="render a synthetic detection dataset (ultralytics layout)")
     s.add_argument("--out", required=True)
@@ -154,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command is None:
-        args = parser.parse_args(["run", *(argv or [])]) if "run" in parser._subparsers._group_actions[0].choices else args
+        args = parser.parse_args(["run"])
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

@@ -67,7 +67,7 @@ def train_yolo(data_yaml: Path, out_dir: Path, epochs: int, imgsz: int, model_ya
     model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=device, workers=workers,
                 amp=False, plots=False, pretrained=False, project=str(out_dir.resolve()), name="run", exist_ok=True,
                 close_mosaic=close_mosaic if close_mosaic is not None else max(1, epochs // 6), seed=seed,
-                deterministic=True, verbose=True, patience=0, fliplr=0.5, degrees=0.0, mosaic=1.0, scale=0.5,
+                deterministic=False, verbose=True, patience=0, fliplr=0.5, degrees=0.0, mosaic=1.0, scale=0.5,
                 translate=0.1, hsv_h=0.015, hsv_s=0.6, hsv_v=0.4)
     best = out_dir / "run" / "weights" / "best.pt"
     return best if best.exists() else out_dir / "run" / "weights" / "last.pt"
