@@ -1,0 +1,268 @@
+"""Site and rule configuration: pydantic models (extra="forbid"), loaded once and passed down.
+
+A site file (`streams/<site>.yaml`) names the edge box, its broker and its cameras; each camera points at a
+rule file (`rules/<camera>.yaml`) that operators tune. Errors name the file, the line where possible, the
+key and what was expected — never a traceback for a user's mistake. Secrets come from the environment
+(`${VAR}` in URLs, `*_env` keys) or a 0600 file, and are masked wherever a URL is shown.
+"""
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """A user's configuration mistake: the message names file, key and what was expected."""
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------------------- rules
+class ClassRule(_Base):
+    enabled: bool = Field(True, description="report this class on this camera")
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="score threshold; default: the model manifest's. "
+                                    "Raising it cuts false alarms but misses faint incidents.")
+    min_area: float = Field(0.0, ge=0.0, le=1.0, description="smallest box area as a fraction of the frame")
+    max_area: float = Field(1.0, gt=0.0, le=1.0, description="largest box area as a fraction of the frame")
+
+    @model_validator(mode="after")
+    def _area_order(self) -> "ClassRule":
+        if self.min_area >= self.max_area:
+            raise ValueError(f"min_area ({self.min_area}) must be below max_area ({self.max_area})")
+        return self
+
+
+class Zone(_Base):
+    name: str = Field(description="shown in messages as the incident's zone")
+    polygon: list[tuple[float, float]] = Field(description="[x, y] points in normalised image coordinates (0..1)")
+    classes: list[str] | None = Field(None, description="classes that count in this zone; default all")
+
+    @field_validator("polygon")
+    @classmethod
+    def _polygon(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        if len(v) < 3:
+            raise ValueError(f"a zone needs at least 3 points, got {len(v)}")
+        bad = [p for p in v if not (0.0 <= p[0] <= 1.0 and 0.0 <= p[1] <= 1.0)]
+        if bad:
+            raise ValueError(f"points {bad} lie outside the image: coordinates are normalised, 0..1")
+        return v
+
+
+class Persistence(_Base):
+    window_s: float = Field(30.0, gt=0, description="how far back the vote looks. Longer rides out occlusions "
+                            "but reports later.")
+    vote_ratio: float = Field(0.6, gt=0, le=1, description="share of scans in the window that must see it")
+    min_scans: int = Field(3, ge=1, description="scans needed in the window before any vote counts")
+
+
+class Rules(_Base):
+    """What one camera watches for and how sure it must be."""
+
+    camera: str | None = Field(None, description="the camera these rules are for (checked against the site)")
+    zones: list[Zone] = Field(default_factory=list, description="where incidents count; empty = the whole frame")
+    classes: dict[str, ClassRule] = Field(default_factory=dict, description="per-class overrides by class name")
+    persistence: Persistence = Field(default_factory=Persistence)
+    resolve_after_s: float = Field(60.0, gt=0, description="gone this long → resolved. Longer survives long "
+                                   "occlusions; shorter closes cases sooner.")
+    update_interval_s: float = Field(300.0, gt=0, description="at most one `updated` per incident this often")
+    match_iou: float = Field(0.3, gt=0, le=1, description="image-box IoU that makes two sightings one incident "
+                             "(cameras without ground calibration)")
+
+
+# ------------------------------------------------------------------------------------------ site
+class GeoAnchor(_Base):
+    lon: float = Field(ge=-180, le=180)
+    lat: float = Field(ge=-90, le=90)
+
+
+class CameraPose(_Base):
+    """Where the camera is and how it looks: enough to map pixels to ground without surveyed points."""
+
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    fx: float = Field(gt=0)
+    fy: float = Field(gt=0)
+    cx: float
+    cy: float
+    height_m: float = Field(gt=0)
+    tilt_deg: float = Field(gt=0, lt=90)
+    heading_deg: float = 0.0
+    x_m: float = 0.0
+    y_m: float = 0.0
+
+
+class Calibration(_Base):
+    anchor: GeoAnchor = Field(description="lon/lat of the local frame's origin (x east, y north, metres)")
+    pose: CameraPose | None = None
+
+
+class Camera(_Base):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="topic-safe camera id")
+    url: str = Field(description="rtsp://… or a file path; ${VAR} is read from the environment")
+    rules: str | None = Field(None, description="rule file, relative to the site file; default rules/<id>.yaml")
+    scan_interval_s: float = Field(2.0, gt=0, description="seconds between scans. Static incidents need one look "
+                                   "every few seconds; faster costs CPU.")
+    enabled: bool = True
+    calibration: Calibration | None = None
+    open_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(2.0, gt=0)
+
+
+class Broker(_Base):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, gt=0, lt=65536)
+    protocol: Literal["5", "3.1.1"] = "5"
+    username_env: str | None = Field(None, description="environment variable holding the user name")
+    password_env: str | None = Field(None, description="environment variable holding the password")
+    password_file: str | None = Field(None, description="file (mode 0600) holding the password")
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    topic_prefix: str = Field("cityops", pattern=r"^[A-Za-z0-9_/-]+$")
+    keepalive_s: int = Field(30, ge=2)
+    embedded: bool = Field(False, description="start an in-process broker on host:port (the offline demo)")
+    evidence: Literal["inline", "topic", "none"] = Field("inline", description="evidence JPEG as base64 in the "
+                                                         "message, on a companion topic, or not at all")
+
+
+class Site(_Base):
+    edge_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="this box's id: MQTT client id and topic level")
+    admin_code: str | None = Field(None, pattern=r"^\d{6}$", description="GB/T 2260 county code")
+    utc_offset: str = Field("+08:00", pattern=r"^[+-]\d{2}:\d{2}$")
+    model: str = Field("models/cityops_det_n416.onnx", description="ONNX model (manifest beside it), relative to "
+                       "the project root or absolute")
+    state_dir: str = Field("var", description="SQLite state (incidents, outbox), relative to the site file")
+    broker: Broker = Field(default_factory=Broker)
+    cameras: list[Camera] = Field(min_length=1)
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_ids(cls, v: list[Camera]) -> list[Camera]:
+        ids = [c.id for c in v]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"camera ids must be unique, repeated: {dup}")
+        return v
+
+
+# --------------------------------------------------------------------------------------- loading
+def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort line number of a key path in YAML text (compose tree walk)."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next(((k, v) for k, v in node.value if k.value == part), None)
+            if nxt is None:
+                break
+            line, node = nxt[0].start_mark.line + 1, nxt[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _loc_text(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def load_yaml_model(path: Path, model: type[BaseModel]) -> Any:
+    """Read a YAML file into `model`; every problem becomes one ConfigError line naming file:line and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: malformed YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            ln = _line_of(text, loc)
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see the JSON Schema)"
+            lines.append(f"{path}{f':{ln}' if ln else ''}: {_loc_text(loc)}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_site(path: Path) -> Site:
+    return load_yaml_model(path, Site)
+
+
+def rules_path(site_path: Path, cam: Camera) -> Path:
+    base = Path(site_path).resolve().parent
+    if cam.rules:
+        p = Path(cam.rules)
+        return p if p.is_absolute() else (base / p)
+    for cand in (base / "rules" / f"{cam.id}.yaml", base.parent / "rules" / f"{cam.id}.yaml"):
+        if cand.exists():
+            return cand
+    return base / "rules" / f"{cam.id}.yaml"
+
+
+def load_rules(path: Path) -> Rules:
+    return load_yaml_model(path, Rules)
+
+
+def expand_env(value: str, where: str) -> str:
+    """Fill ${VAR} from the environment; a missing variable is a ConfigError naming it (not its value)."""
+    def sub(m: re.Match[str]) -> str:
+        v = os.environ.get(m.group(1))
+        if v is None:
+            raise ConfigError(f"{where}: environment variable {m.group(1)} is not set")
+        return v
+
+    return _ENV.sub(sub, value)
+
+
+def mask_url(url: str) -> str:
+    """rtsp://user:secret@host/… → rtsp://user:***@host/… (also for unexpanded ${VAR})."""
+    return re.sub(r"(://[^:/@]+:).*@", r"\1***@", url)  # greedy: a stray @ in the password stays hidden
+
+
+def read_secret_file(path: Path, where: str) -> str:
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: secret file {p} not found") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{where}: secret file {p} must not be readable by group/others (chmod 600)")
+    return p.read_text(encoding="utf-8").strip()
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schemas of the site and rule files, for editors."""
+    return {"site.schema.json": Site.model_json_schema(), "rules.schema.json": Rules.model_json_schema()}
