@@ -90,10 +90,88 @@ def cmd_eval_model(a: argparse.Namespace) -> int:
     return 0
 
 
+def _print_event(ev) -> None:
+    where = f" zone {ev.zone}" if ev.zone else ""
+    print(f"[{ev.ts:8.1f}s] {ev.event:<8} {ev.incident_id}  {ev.class_name:<17} camera {ev.camera_id}{where}  "
+          f"conf {ev.confidence:.2f}", flush=True)
+
+
+def _load(a: argparse.Namespace):
+    from .app import load_everything
+    from .config import ConfigError
+
+    try:
+        return load_everything(Path(a.site), Path(a.model) if getattr(a, "model", None) else None,
+                               Path(a.rules) if getattr(a, "rules", None) else None)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_replay(a: argparse.Namespace) -> int:
+    """Run the pipeline on recorded clips on media time: what would this camera report?"""
+    import tempfile
+
+    import yaml
+
+    from .app import EdgeApp
+    from .config import ConfigError
+
+    if a.video:
+        if not Path(a.video).is_file():
+            print(f"error: --video {a.video}: file not found", file=sys.stderr)
+            return 2
+        tmp = Path(tempfile.mkdtemp(prefix="cityops-replay-site-"))
+        site = {"edge_id": "replay", "cameras": [{"id": a.camera_id, "url": str(Path(a.video).resolve()),
+                                                  "scan_interval_s": a.scan_interval}]}
+        (tmp / "site.yaml").write_text(yaml.safe_dump(site))
+        a.site = str(tmp / "site.yaml")
+    elif not a.site:
+        print("error: replay needs --video FILE or --site FILE", file=sys.stderr)
+        return 2
+    loaded = _load(a)
+    if loaded is None:
+        return 2
+    t0 = time.monotonic()
+    try:
+        app = EdgeApp(loaded, replay=True, events_out=Path(a.events_out) if a.events_out else None,
+                      on_event=None if a.quiet else _print_event, max_media_s=a.max_seconds)
+        s = app.run_replay()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    el = time.monotonic() - t0
+    print(f"replay: {s.cameras} camera(s), {s.scans} scans in {el:.1f} s; incidents opened {s.opened}, "
+          f"updated {s.updated}, resolved {s.resolved}" + (f"; events written to {a.events_out}" if a.events_out else ""))
+    for cam, err in s.camera_errors.items():
+        print(f"camera {cam}: {err}", file=sys.stderr)
+    return 1 if s.camera_errors and s.scans == 0 else 0
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    loaded = _load(a)
+    if loaded is None:
+        return 2
+    print(f"{a.site}: OK — edge {loaded.site.edge_id}, {len(loaded.cameras)} camera(s), model "
+          f"{loaded.detector.manifest.name} {loaded.detector.manifest.version} ({len(loaded.detector.class_names)} classes)")
+    return 0
+
+
 def cmd_run(a: argparse.Namespace) -> int:
-    print("error: the edge runtime (run/replay/check) is not built yet; see the README's status line. "
-          "The detector commands work: python run_edge.py --help", file=sys.stderr)
-    return 2
+    if a.site is None:
+        from .demo import run_demo
+
+        return run_demo(a)
+    from .app import EdgeApp
+
+    loaded = _load(a)
+    if loaded is None:
+        return 2
+    app = EdgeApp(loaded, on_event=_print_event)
+    s = app.run_live(duration_s=a.duration)
+    print(f"stopped: {s.cameras} camera(s), {s.scans} scans; incidents opened {s.opened}, updated {s.updated}, "
+          f"resolved {s.resolved}; messages acknowledged {s.published}, still queued {s.pending}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,8 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command")
 
-    s = sub.add_parser("run", help="run the edge runtime (default: the bundled demo site)")
+    s = sub.add_parser("run", help="run the edge runtime (default: the bundled demo site, offline)")
+    s.add_argument("--site", help="streams/<site>.yaml; without it the bundled demo runs")
+    s.add_argument("--model", help="override the site's model")
+    s.add_argument("--duration", type=float, help="stop after this many seconds")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("replay", help="run the pipeline on recorded clips on media time, as fast as the CPU allows")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--video", help="one clip, as camera --camera-id")
+    g.add_argument("--site", help="a site whose camera urls are video files")
+    s.add_argument("--rules", help="rule file for every camera (overrides the site's)")
+    s.add_argument("--model", help="override the site's model")
+    s.add_argument("--events-out", help="write every event as JSON lines: exactly the payloads that would be published")
+    s.add_argument("--camera-id", default="cam1")
+    s.add_argument("--scan-interval", type=float, default=2.0)
+    s.add_argument("--max-seconds", type=float, help="stop at this media time")
+    s.add_argument("-q", "--quiet", action="store_true", help="do not print events as they happen")
+    s.set_defaults(func=cmd_replay)
+
+    s = sub.add_parser("check", help="validate a whole site: files, model, zones, classes")
+    s.add_argument("--site", default=str(ROOT / "streams" / "demo.yaml"))
+    s.add_argument("--model")
+    s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("synth-dataset", help="render a synthetic detection dataset (ultralytics layout)")
     s.add_argument("--out", required=True)
@@ -132,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=25)
     s.add_argument("--imgsz", type=int, default=416)
     s.add_argument("--batch", type=int, default=16)
+    s.add_argument("--hours", type=float, help="wall-time cap; the epoch count and LR schedule are fitted to it")
     s.add_argument("--arch", default="yolov8n.yaml", help="ultralytics architecture yaml (no weights are loaded)")
     s.add_argument("--device", default="cpu", help="cpu, or a CUDA index such as 0")
     s.add_argument("--workers", type=int, default=0, help="data-loader workers (GPU runs: 8 or more)")
