@@ -71,3 +71,17 @@ def test_dataset_layout_and_meta(tmp_path):
             c, cx, cy, bw, bh = int(r[0]), *map(float, r[1:])
             assert 0 <= c < len(CLASSES)
             assert 0 <= cx - bw / 2 and cx + bw / 2 <= 1.0001 and 0 <= cy - bh / 2 and cy + bh / 2 <= 1.0001
+
+
+def test_near_things_hide_far_things():
+    """Upright things are painted far to near: a near shed hides a pile standing behind it, not the reverse."""
+    from edge.synth.scene import Scene, Thing, draw_things, render_background
+
+    cam = PoleCamera.from_hfov(640, 384, 60, 3.0, 15.0)
+    scene = Scene(cam, "plaza", "overcast", 1)
+    near = Thing(0, "illegal_structure", "illegal_structure", 0.0, 10.0, 3.0, 5)
+    far = Thing(1, "material_pile", "material_pile", 0.0, 16.0, 2.0, 6)
+    img, _ = render_background(scene)
+    labels = {lb.cls: lb for lb in draw_things(scene, img, [far, near], [])}
+    assert labels["illegal_structure"].visible > 0.99
+    assert "material_pile" not in labels  # mostly hidden behind the shed

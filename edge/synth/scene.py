@@ -334,6 +334,17 @@ def _shadow(scene: Scene, t: Thing) -> Layer | None:
     return ground_patch(scene.camera, rgba, (t.x + off[0], t.y + off[1]), span / n, scene.sun_dir)
 
 
+def thing_layers(scene: Scene, t: Thing, cutouts: list[np.ndarray]) -> list[tuple[tuple[float, float], Layer]]:
+    """One thing's layers with the ground point each stands on: public so a video renderer can cache static
+    things once and re-sort them with moving traffic every frame."""
+    return _thing_layers(scene, t, cutouts)
+
+
+def shadow_layer(scene: Scene, t: Thing) -> Layer | None:
+    """The soft ground shadow an upright thing casts in day light (None otherwise)."""
+    return _shadow(scene, t)
+
+
 @dataclass
 class Label:
     thing_id: int
@@ -349,19 +360,16 @@ def draw_things(scene: Scene, img: np.ndarray, things: list[Thing], cutouts: lis
     cam = scene.camera
     owner = np.full((cam.height, cam.width), -1, np.int32)
     own_total: dict[int, int] = {}
-    layers: list[tuple[int, float, Layer]] = []
+    # paint order: flat things (as listed), then shadows, then upright things far to near
+    layers: list[tuple[int, int, float, Layer]] = []  # (thing id or -2 for shadows, group, -depth, layer)
     for t in things:
         if (sh := _shadow(scene, t)) is not None:
-            layers.append((-2, 1e9, sh))
+            layers.append((-2, 1, 0.0, sh))
     for t in things:
         for xy, lay in _thing_layers(scene, t, cutouts):
             depth = math.hypot(xy[0] - cam.x_m, xy[1] - cam.y_m)
-            layers.append((t.id, (2e9 if t.kind in FLAT else 0) + (1e6 - depth), lay))
-    # flat first (painted far to near), then uprights far to near; shadows right after the flat ground
-    layers.sort(key=lambda l: (0 if l[1] >= 2e9 else (1 if l[1] >= 1e9 else 2), -l[1] if l[1] < 1e9 else l[1]))
-    flat_ids = {t.id for t in things if t.kind in FLAT}
-    for tid, _, lay in sorted(layers, key=lambda l: (0 if l[0] in flat_ids else (1 if l[0] == -2 else 2),
-                                                     0 if l[0] in flat_ids else -l[1])):
+            layers.append((t.id, 0, 0.0, lay) if t.kind in FLAT else (t.id, 2, -depth, lay))
+    for tid, _, _, lay in sorted(layers, key=lambda l: (l[1], l[2])):
         composite(img, lay)
         h, w = lay.alpha.shape
         sl = (slice(lay.y0, lay.y0 + h), slice(lay.x0, lay.x0 + w))
