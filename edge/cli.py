@@ -43,8 +43,12 @@ def cmd_synth_dataset(a: argparse.Namespace) -> int:
 def cmd_synth_scenario(a: argparse.Namespace) -> int:
     from .synth.scenario import write_scenario
 
-    truth = write_scenario(Path(a.out), a.seed, a.minutes, cameras=a.cameras, fps=a.fps, width=a.width,
-                           height=a.height, progress=Progress("rendering clip"))
+    try:
+        truth = write_scenario(Path(a.out), a.seed, a.minutes, cameras=a.cameras, fps=a.fps, width=a.width,
+                               height=a.height, progress=Progress("rendering clip"))
+    except (RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {truth}")
     return 0
 

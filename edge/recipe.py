@@ -218,6 +218,14 @@ def _f(x: Any) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
+def _epochs_run(out: Path) -> int | None:
+    """Epochs actually trained (a time cap can end training before the epoch count)."""
+    csv = out / "run" / "results.csv"
+    if not csv.exists():
+        return None
+    return max(0, len(csv.read_text().strip().splitlines()) - 1)
+
+
 def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[int, int], None]]) -> dict[str, Any]:
     from .synth.dataset import write_dataset
     from .train import export_onnx, train_yolo, write_manifest
@@ -229,20 +237,20 @@ def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[in
     else:
         data = write_dataset(out / "data", a.images, a.seed, 640, val_fraction=0.08, progress=progress_cls("rendering"))
     t0 = time.monotonic()
-    best = train_yolo(data, out, a.epochs, a.imgsz, a.arch, a.batch, device=a.device, workers=a.workers)
+    best = train_yolo(data, out, a.epochs, a.imgsz, a.arch, a.batch, device=a.device, workers=a.workers, hours=a.hours)
     minutes = round((time.monotonic() - t0) / 60, 1)
     models = Path(a.models_dir)
     onnx_path = export_onnx(best, a.imgsz, models / f"{a.name}.onnx", out / ".ultralytics")
     import yaml
 
     meta = yaml.safe_load(data.read_text()).get("cityops", {})
-    recipe = {"arch": a.arch, "epochs": a.epochs, "imgsz": a.imgsz, "batch": a.batch, "device": a.device,
+    recipe = {"arch": a.arch, "epochs": _epochs_run(out) or a.epochs, "hours_cap": a.hours, "imgsz": a.imgsz, "batch": a.batch, "device": a.device,
               "train_minutes": minutes, "data_seed": meta.get("seed", a.seed), "data_images": meta.get("images"),
               "data_summary": f"{meta.get('images')} images rendered by `synth-dataset --seed {meta.get('seed')}` "
                               "(~77 % rendered streets, 15 % real bag photos, 8 % real road frames with pasted objects; "
                               "~15 % of the rendered streets hold hard negatives only)",
               "command": f"python run_edge.py train --images {meta.get('images', a.images)} --seed {meta.get('seed', a.seed)} "
-                         f"--epochs {a.epochs} --imgsz {a.imgsz} --arch {a.arch}"}
+                         f"--epochs {a.epochs} --imgsz {a.imgsz} --arch {a.arch}" + (f" --hours {a.hours}" if a.hours else "")}
     write_manifest(onnx_path, a.name, "1.0.0", a.imgsz, {"recipe": recipe})
     from .synth.dataset import negatives_dataset
 

@@ -52,8 +52,11 @@ def sha256_file(path: Path) -> str:
 
 def train_yolo(data_yaml: Path, out_dir: Path, epochs: int, imgsz: int, model_yaml: str = "yolov8n.yaml",
                batch: int = 16, threads: int = 2, device: str = "cpu", workers: int = 0,
-               close_mosaic: int | None = None, seed: int = 0) -> Path:
-    """Train from the architecture yaml (no pretrained weights); returns the best checkpoint."""
+               close_mosaic: int | None = None, seed: int = 0, hours: float | None = None,
+               cache: bool | str = "ram") -> Path:
+    """Train from the architecture yaml (no pretrained weights); returns the best checkpoint. `hours` caps the
+    wall time (ultralytics then fits the epoch count and the learning-rate schedule to it), which keeps the
+    recipe's cost predictable on a shared 2-core machine."""
     offline_ultralytics(out_dir / ".ultralytics")
     import ultralytics.utils.torch_utils as tu
     from ultralytics import YOLO
@@ -68,7 +71,7 @@ def train_yolo(data_yaml: Path, out_dir: Path, epochs: int, imgsz: int, model_ya
                 amp=False, plots=False, pretrained=False, project=str(out_dir.resolve()), name="run", exist_ok=True,
                 close_mosaic=close_mosaic if close_mosaic is not None else max(1, epochs // 6), seed=seed,
                 deterministic=False, verbose=True, patience=0, fliplr=0.5, degrees=0.0, mosaic=1.0, scale=0.5,
-                translate=0.1, hsv_h=0.015, hsv_s=0.6, hsv_v=0.4)
+                translate=0.1, hsv_h=0.015, hsv_s=0.6, hsv_v=0.4, cache=cache, **({"time": hours} if hours else {}))
     best = out_dir / "run" / "weights" / "best.pt"
     return best if best.exists() else out_dir / "run" / "weights" / "last.pt"
 
