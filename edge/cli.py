@@ -152,6 +152,17 @@ def cmd_replay(a: argparse.Namespace) -> int:
     return 1 if s.camera_errors and s.scans == 0 else 0
 
 
+def cmd_export_schema(a: argparse.Namespace) -> int:
+    from .config import json_schemas
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (out / name).write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
+        print(f"wrote {out / name}")
+    return 0
+
+
 def cmd_check(a: argparse.Namespace) -> int:
     loaded = _load(a)
     if loaded is None:
@@ -202,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-seconds", type=float, help="stop at this media time")
     s.add_argument("-q", "--quiet", action="store_true", help="do not print events as they happen")
     s.set_defaults(func=cmd_replay)
+
+    s = sub.add_parser("export-schema", help="write the JSON Schemas of site and rule files (for editors)")
+    s.add_argument("--out", default=str(ROOT / "streams"))
+    s.set_defaults(func=cmd_export_schema)
 
     s = sub.add_parser("check", help="validate a whole site: files, model, zones, classes")
     s.add_argument("--site", default=str(ROOT / "streams" / "demo.yaml"))

@@ -83,3 +83,13 @@ def test_secrets_stay_secret(tmp_path, monkeypatch):
     assert "hunter2" not in str(e.value)
     os.chmod(f, 0o600)
     assert read_secret_file(f, "broker.password_file") == "hunter2"
+
+
+def test_committed_json_schemas_match_the_code():
+    import json
+
+    from edge.config import json_schemas
+
+    root = Path(__file__).resolve().parents[1] / "streams"
+    for name, schema in json_schemas().items():
+        assert json.loads((root / name).read_text()) == schema, f"streams/{name} is stale: run export-schema"
