@@ -24,7 +24,8 @@ from .evidence import evidence_jpeg
 from .incidents import IncidentBook
 from .messages import IncidentSink, camera_status_message, edge_status_message, incident_publications
 from .rules import RuleSet
-from .sources import FileSource, Source, SourceError, open_source
+from .sources import FileSource, RtspSource, SourceError, open_source
+from .topics import Topics
 from .types import Frame, IncidentEvent
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,10 @@ def load_everything(site_path: Path, model: Path | None = None, rules_override: 
     return Loaded(site, site_path, rules, rulesets, det, cams)
 
 
+class BrokerRefused(RuntimeError):
+    """The broker refused the edge's login (its message names host:port and user, never the password)."""
+
+
 class JsonlSink:
     """Replay's sink: exactly the incident messages that would be published, one JSON object per line."""
 
@@ -191,6 +196,8 @@ class EdgeApp:
     def _camera_loop(self, cam: Camera) -> None:
         try:
             src = open_source(cam)
+            if isinstance(src, RtspSource):
+                src.on_status = self._camera_status
             t0, ts0 = time.monotonic(), None
             for frame in src.frames(self.stop_event):
                 if self.speed and isinstance(src, FileSource):
@@ -207,6 +214,17 @@ class EdgeApp:
             log.exception("camera %s: scanning stopped by an unexpected error", cam.id)
             with self._lock:
                 self.summary.camera_errors[cam.id] = "unexpected error (see log)"
+
+    def _camera_status(self, camera_id: str, st: dict[str, Any]) -> None:
+        """Retained camera status for the centre (never the URL: the source already masks it)."""
+        if self.publisher is None:
+            return
+        site = self.L.site
+        state = "online" if st.get("state") == "online" else "offline"
+        detail = {k: st.get(k) for k in ("reconnects", "stalls", "last_frame_age_s")}
+        reason = st.get("error") or (f"{st.get('state')}; " + ", ".join(f"{k} {v}" for k, v in detail.items() if v is not None))
+        msg = camera_status_message(site.edge_id, camera_id, state, ts=time.time(), utc_offset=site.utc_offset, reason=reason)
+        self.publisher.publish_retained(Topics(site.broker.topic_prefix, site.edge_id).camera_status(camera_id), msg)
 
     def _merged_files(self) -> Iterator[Frame]:
         """All file cameras' scans in media-time order (ties by camera order): a deterministic replay."""
@@ -236,7 +254,10 @@ class EdgeApp:
             self.book.close()
         return self.summary
 
-    def run_live(self, duration_s: float | None = None, install_signals: bool = True) -> Summary:
+    def run_live(self, duration_s: float | None = None, install_signals: bool = True,
+                 startup_wait_s: float = 10.0) -> Summary:
+        """Scan every camera until stopped (SIGINT/SIGTERM), `duration_s` passes, or every source ended.
+        A broker that refuses our login at startup is a configuration error: BrokerRefused, nothing scanned."""
         from .outbox import Outbox
         from .publisher import Publisher
 
@@ -247,6 +268,14 @@ class EdgeApp:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: self.stop_event.set())
         self.publisher.start()
+        if not self.publisher.wait_connected(startup_wait_s):
+            if self.publisher.refused:
+                self.publisher.stop(timeout=1)
+                outbox.close()
+                self.book.close()
+                raise BrokerRefused(self.publisher.refused)
+            log.warning("MQTT broker %s:%d not reachable yet; scanning anyway, events wait in the outbox",
+                        site.broker.host, site.broker.port)
         threads = []
         for cam in self.L.cameras:
             if not cam.enabled:

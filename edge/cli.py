@@ -182,8 +182,14 @@ def cmd_run(a: argparse.Namespace) -> int:
     loaded = _load(a)
     if loaded is None:
         return 2
+    from .app import BrokerRefused
+
     app = EdgeApp(loaded, on_event=_print_event)
-    s = app.run_live(duration_s=a.duration)
+    try:
+        s = app.run_live(duration_s=a.duration)
+    except BrokerRefused as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     print(f"stopped: {s.cameras} camera(s), {s.scans} scans; incidents opened {s.opened}, updated {s.updated}, "
           f"resolved {s.resolved}; messages acknowledged {s.published}, still queued {s.pending}")
     return 0
@@ -251,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--imgsz", type=int, default=416)
     s.add_argument("--batch", type=int, default=16)
     s.add_argument("--hours", type=float, help="wall-time cap; the epoch count and LR schedule are fitted to it")
+    s.add_argument("--init-weights", help="continue from our own earlier checkpoint (a second stage); never downloads")
+    s.add_argument("--lr0", type=float, default=0.01, help="initial learning rate (a second stage: about 0.002)")
+    s.add_argument("--warmup-epochs", type=float, default=3.0)
+    s.add_argument("--stage-name", default="run", help="sub-folder of --out for this stage's checkpoints")
     s.add_argument("--arch", default="yolov8n.yaml", help="ultralytics architecture yaml (no weights are loaded)")
     s.add_argument("--device", default="cpu", help="cpu, or a CUDA index such as 0")
     s.add_argument("--workers", type=int, default=0, help="data-loader workers (GPU runs: 8 or more)")

@@ -235,6 +235,12 @@ class Publisher:
         """Queue a retained message (statuses) through the outbox; older pending ones of the topic coalesce."""
         return self._outbox.put(topic, self._bytes(payload), qos=1, retain=True)
 
+    @property
+    def refused(self) -> str | None:
+        """The broker's last refusal of our login (bad credentials, not authorised), None if it never refused
+        or we connected since: a configuration error the operator must fix, not a network blip."""
+        return self._last_error if (self._problem or "").startswith("refused:") else None
+
     def wait_connected(self, timeout: float) -> bool:
         """True once the broker accepted the connection (CONNACK success), False after `timeout`."""
         return self._connected.wait(timeout)

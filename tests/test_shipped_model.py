@@ -1,0 +1,91 @@
+"""The shipped model: its manifest, the eval-model contract, and agreement with ultralytics' own inference."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.detections import box_iou
+from edge.detector import Detector
+from edge.manifest import load_manifest, manifest_path_for
+from edge.synth.scene import CLASSES, render, sample_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_manifest_is_complete(shipped_model):
+    man = load_manifest(manifest_path_for(shipped_model))  # sha256 verified too
+    assert man.class_names == CLASSES
+    assert shipped_model.stat().st_size <= 15 * 1024 * 1024
+    by = {c.name: c for c in man.classes}
+    assert by["manhole_cover"].incident_type is None
+    for name in CLASSES[1:]:
+        assert by[name].incident_type and by[name].codes is not None, name
+        assert 0.0 < by[name].threshold < 1.0
+
+
+def _frames(n: int) -> list[np.ndarray]:
+    out = []
+    for s in range(n):
+        img, _ = render(sample_scene(777_000 + s, 800, 450, n_incidents=4))
+        out.append(img)
+    return out
+
+
+@pytest.mark.slow
+def test_eval_model_json_contract(shipped_model, tmp_path):
+    from edge.synth.dataset import write_dataset
+
+    data = write_dataset(tmp_path / "d", 12, seed=31337, imgsz=640, val_fraction=1.0, workers=1,
+                         real_bag_share=0.0, photo_bg_share=0.0)
+    r = subprocess.run([sys.executable, "run_edge.py", "eval-model", "--model", str(shipped_model), "--data", str(data),
+                        "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)  # exactly one JSON object on stdout
+    assert set(res) == {"images", "classes", "skipped_classes"}
+    assert res["images"] == 12 and res["skipped_classes"] == []
+    for m in res["classes"].values():
+        assert set(m) == {"ap50", "ap50_95", "precision", "recall", "instances"}
+
+
+@pytest.mark.slow
+@pytest.mark.train
+def test_our_inference_agrees_with_ultralytics(shipped_model):
+    YOLO = pytest.importorskip("ultralytics", reason="needs the 'train' extra (CI installs it)").YOLO
+    ours = Detector(shipped_model)
+    theirs = YOLO(str(shipped_model), task="detect")
+    compared = 0
+    for img in _frames(6):
+        a = ours.detect(img, conf=0.25)
+        r = theirs.predict(img, imgsz=ours.manifest.input.width, conf=0.25, iou=ours.manifest.nms_iou, verbose=False,
+                           device="cpu")[0]
+        b_xyxy = r.boxes.xyxy.cpu().numpy()
+        b_cls = r.boxes.cls.cpu().numpy().astype(int)
+        b_conf = r.boxes.conf.cpu().numpy()
+        # every confident box of one side has a twin of the same class on the other, IoU >= 0.95
+        for (xa, ca, sa), (xb, cb) in (((a.xyxy, a.class_id, a.confidence), (b_xyxy, b_cls)),
+                                       ((b_xyxy, b_cls, b_conf), (a.xyxy, a.class_id))):
+            keep = sa >= 0.3
+            if not keep.any():
+                continue
+            iou = box_iou(xa[keep], xb) * (ca[keep][:, None] == cb[None, :])
+            assert (iou.max(axis=1) >= 0.95).all(), (iou.max(axis=1), ca[keep])
+            compared += int(keep.sum())
+    assert compared >= 5, "too few detections to compare: is the model trained?"
+
+
+def test_model_not_matching_manifest_is_refused(shipped_model, tmp_path):
+    """A manifest that claims other classes than the model has: one clear error naming the model file."""
+    from edge.detector import ModelMismatchError
+
+    man = json.loads(manifest_path_for(shipped_model).read_text())
+    man["classes"] = man["classes"][:5]
+    (tmp_path / shipped_model.name).write_bytes(shipped_model.read_bytes())
+    (tmp_path / (shipped_model.stem + ".manifest.json")).write_text(json.dumps(man))
+    with pytest.raises(ModelMismatchError) as e:
+        Detector(tmp_path / shipped_model.name)
+    assert shipped_model.name in str(e.value)
