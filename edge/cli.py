@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    quiet_demo = args.command is None  # the demo prints its own story; logs only for warnings
+    logging.basicConfig(level=logging.DEBUG if args.verbose else (logging.WARNING if quiet_demo else logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command is None:
         args = parser.parse_args(["run"])

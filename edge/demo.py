@@ -35,7 +35,7 @@ class IntakePrinter:
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-intake", protocol=mqtt.MQTTv311)
         self.c.on_message = self._on_message
         self.c.connect(host, port, keepalive=30)
-        self.c.subscribe(topics.incident("+"), qos=1)
+        self.c.subscribe(f"{topics.base}/incident/#", qos=1)
         self.c.loop_start()
 
     def _on_message(self, client, userdata, msg) -> None:
