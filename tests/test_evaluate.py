@@ -25,6 +25,7 @@ from edge.evaluate import (
     read_labels,
 )
 from edge.manifest import file_sha256
+from onnx_models import write_constant_model
 
 # --------------------------------------------------------------------------- metric core
 
@@ -121,32 +122,9 @@ def _write_model(tmp_path: Path, classes: list[str], thresholds: list[float], an
     for j, (box, cls, score) in enumerate(anchors):
         raw[0, :4, j] = _input_cxcywh(box)
         raw[0, 4 + cls, j] = score
-    init = [
-        numpy_helper.from_array(raw, "raw"),
-        numpy_helper.from_array(np.array([0, 0, 0], np.int64), "starts"),
-        numpy_helper.from_array(np.array([1, 1, 1], np.int64), "ends"),
-        numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"),
-        numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "shape"),
-        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
-    ]
-    nodes = [
-        helper.make_node("Slice", ["images", "starts", "ends", "axes"], ["corner"]),
-        helper.make_node("Reshape", ["corner", "shape"], ["corner3"]),
-        helper.make_node("Mul", ["corner3", "zero"], ["nil"]),
-        helper.make_node("Add", ["nil", "raw"], ["output0"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "constant_yolo",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 320, 320])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 4 + nc, n])],
-        initializer=init,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
     model_path = tmp_path / "models" / "street.onnx"
     model_path.parent.mkdir()
-    onnx.save(model, str(model_path))
+    write_constant_model(model_path, raw[0], height=320, width=320, batch="batch")
     manifest = {
         "name": "street",
         "version": "1",
