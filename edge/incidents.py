@@ -171,7 +171,8 @@ class IncidentBook:
                     events.append(self._event(t, "resolved", ts))
                     self._save(t, "resolved")
                     continue
-                if t.seen_since_update and ts - (t.last_update or ts) >= rules.update_interval_s:
+                # only on a scan that sees it: an update must carry fresh evidence, never a stale box
+                if t.key in seen_keys and ts - (t.last_update or ts) >= rules.update_interval_s:
                     t.last_update = ts
                     t.seen_since_update = False
                     events.append(self._event(t, "updated", ts))

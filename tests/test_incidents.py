@@ -88,3 +88,14 @@ def test_non_reportable_class_never_opens(tmp_path):
         d = dets([[10, 10, 40, 40]], cls=0)
         ev += book.update("cam", 2.0 * k, d, [None], img)
     assert ev == []
+
+
+def test_updated_at_most_every_update_interval(tmp_path):
+    rules = {"cam": Rules(persistence=Persistence(window_s=10, vote_ratio=0.6, min_scans=3), resolve_after_s=30,
+                          update_interval_s=40)}
+    book = IncidentBook(str(tmp_path / "s.db"), "edge1", NAMES, rules, ListSink())
+    ev = run(book, 0, 200, present=(10, 150))
+    kinds = [(e.event, e.ts) for e in ev]
+    assert [k for k, _ in kinds] == ["opened", "updated", "updated", "updated", "resolved"], kinds
+    ts = [t for _, t in kinds]
+    assert all(b - a >= 40 for a, b in zip(ts[:4], ts[1:4])), ts
