@@ -14,7 +14,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -145,10 +145,11 @@ class EdgeApp:
 
     def __init__(self, loaded: Loaded, *, replay: bool = False, events_out: Path | None = None,
                  state_dir: Path | None = None, on_event: Callable[[IncidentEvent], None] | None = None,
-                 max_media_s: float | None = None, speed: float | None = None) -> None:
+                 max_media_s: float | None = None, speed: float | None = None, ts_offset: float = 0.0) -> None:
         """`speed`: pace file cameras at this multiple of real time (the demo); None = as fast as possible."""
         self.L = loaded
         self.speed = speed
+        self.ts_offset = ts_offset  # replay: media second 0 is this epoch time (messages then carry real dates)
         self.replay = replay
         self.events_out = events_out
         self.on_event = on_event
@@ -247,7 +248,7 @@ class EdgeApp:
             for frame in self._merged_files():
                 if self.stop_event.is_set():
                     break
-                self.process(frame)
+                self.process(replace(frame, ts=frame.ts + self.ts_offset) if self.ts_offset else frame)
         finally:
             if self.jsonl:
                 self.jsonl.close()

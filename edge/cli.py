@@ -136,10 +136,23 @@ def cmd_replay(a: argparse.Namespace) -> int:
     loaded = _load(a)
     if loaded is None:
         return 2
+    offset = 0.0
+    if a.start_time:
+        from datetime import datetime
+
+        try:
+            st = datetime.fromisoformat(a.start_time)
+        except ValueError:
+            print(f"error: --start-time {a.start_time!r}: not ISO 8601 (e.g. 2026-07-01T09:00:00+08:00)", file=sys.stderr)
+            return 2
+        if st.tzinfo is None:
+            print("error: --start-time needs a UTC offset (e.g. +08:00)", file=sys.stderr)
+            return 2
+        offset = st.timestamp()
     t0 = time.monotonic()
     try:
         app = EdgeApp(loaded, replay=True, events_out=Path(a.events_out) if a.events_out else None,
-                      on_event=None if a.quiet else _print_event, max_media_s=a.max_seconds)
+                      on_event=None if a.quiet else _print_event, max_media_s=a.max_seconds, ts_offset=offset)
         s = app.run_replay()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -217,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--camera-id", default="cam1")
     s.add_argument("--scan-interval", type=float, default=2.0)
     s.add_argument("--max-seconds", type=float, help="stop at this media time")
+    s.add_argument("--start-time", help="wall time of the clip's first frame, ISO 8601 with offset; default: media "
+                   "time from the epoch (1970), which keeps replays comparable")
     s.add_argument("-q", "--quiet", action="store_true", help="do not print events as they happen")
     s.set_defaults(func=cmd_replay)
 
