@@ -22,7 +22,7 @@ from .config import Camera, ConfigError, Rules, Site, load_rules, load_site, mas
 from .detector import Detector
 from .evidence import evidence_jpeg
 from .incidents import IncidentBook
-from .messages import IncidentSink, camera_status_message, edge_status_message, incident_publications
+from .messages import IncidentSink, camera_status_message, incident_publications
 from .rules import RuleSet
 from .sources import FileSource, RtspSource, SourceError, open_source
 from .topics import Topics

@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edge.detections import Detections
 from edge.detector import Detector, ModelMismatchError, letterbox, nms

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 import yaml
-from onnx import TensorProto, helper, numpy_helper
 
 from edge.evaluate import (
-    IOU_THRESHOLDS,
     average_precision,
     evaluate,
     format_table,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 
 import numpy as np
-import pytest
 
 from edge.config import Persistence, Rules
 from edge.detections import Detections
