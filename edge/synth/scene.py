@@ -14,7 +14,9 @@ from .render import Face, Layer, composite, ground_patch, render_faces
 from .textures import asphalt, concrete, smooth_noise, tiles
 
 CLASSES = ["manhole_cover", "manhole_open", "ponding", "garbage_pile", "material_pile", "illegal_structure"]
-NEGATIVES = ["grate", "painted", "oil", "repair", "wet", "shadow_tree", "car", "pedestrian", "bin", "cart", "tree"]
+# vans and box trucks stand in for the parked vehicles a structure detector must not take for a shed
+NEGATIVES = ["grate", "painted", "oil", "repair", "wet", "shadow_tree", "car", "pedestrian", "bin", "cart", "tree",
+             "van", "truck"]
 FLAT = {"manhole_cover", "manhole_open", "ponding", "grate", "painted", "oil", "repair", "wet", "shadow_tree"}
 LIGHTING = ["day", "day", "day", "overcast", "overcast", "dusk", "night", "rain", "wet"]
 
@@ -22,7 +24,8 @@ LIGHTING = ["day", "day", "day", "overcast", "overcast", "dusk", "night", "rain"
 SIZE_M = {"manhole_cover": (0.6, 0.85), "manhole_open": (0.6, 0.85), "ponding": (1.2, 7.0), "garbage_pile": (0.8, 2.5),
           "material_pile": (1.0, 3.0), "illegal_structure": (2.0, 4.5), "grate": (0.4, 0.9), "painted": (0.5, 1.5),
           "oil": (0.5, 2.5), "repair": (0.8, 3.0), "wet": (2.0, 8.0), "shadow_tree": (2.0, 6.0), "car": (4.5, 4.5),
-          "pedestrian": (0.5, 0.5), "bin": (0.8, 1.5), "cart": (1.3, 1.3), "tree": (1.0, 1.0)}
+          "pedestrian": (0.5, 0.5), "bin": (0.8, 1.5), "cart": (1.3, 1.3), "tree": (1.0, 1.0), "van": (5.5, 5.5),
+          "truck": (7.0, 7.0)}
 MIN_PX = {"manhole_cover": 9, "manhole_open": 9, "ponding": 14, "garbage_pile": 12, "material_pile": 12, "illegal_structure": 16}
 
 
@@ -106,7 +109,7 @@ def sample_things(rng: np.random.Generator, scene: Scene, n_incidents: int, n_ne
                 continue
             if kind in ("illegal_structure", "garbage_pile", "material_pile") and reg == 3 and scene.layout != "plaza":
                 continue
-            if kind == "car" and reg not in (0,):
+            if kind in ("car", "van", "truck") and reg not in (0,):
                 continue
             if reg == 3 and scene.layout == "alley":
                 continue
@@ -115,10 +118,11 @@ def sample_things(rng: np.random.Generator, scene: Scene, n_incidents: int, n_ne
                 continue
             if size / mpp > cam.width * 0.6:
                 continue
-            r = size / 2 + (1.2 if kind in ("car", "illegal_structure") else 0.3)
+            r = size / 2 + (1.2 if kind in ("car", "van", "truck", "illegal_structure") else 0.3)
             if any(math.hypot(xy[0] - fx, xy[1] - fy) < r + fr for fx, fy, fr in foot):
                 continue
-            yaw = float(rng.uniform(0, 2 * math.pi)) if kind != "car" else (0.0 if rng.random() < 0.8 else math.pi / 2)
+            yaw = (float(rng.uniform(0, 2 * math.pi)) if kind not in ("car", "van", "truck")
+                   else (0.0 if rng.random() < 0.8 else math.pi / 2))
             things.append(Thing(len(things), kind, cls, float(xy[0]), float(xy[1]), size, int(rng.integers(2**31)), yaw))
             foot.append((float(xy[0]), float(xy[1]), r))
             return
@@ -313,6 +317,7 @@ def _thing_layers(scene: Scene, t: Thing, cutouts: list[np.ndarray]) -> list[tup
         return ob.material_pile(rng, cam, t.xy, t.size)
     fn = {"illegal_structure": lambda: ob.illegal_structure(rng, cam, t.xy, t.size),
           "car": lambda: ob.car(rng, cam, t.xy, t.yaw), "pedestrian": lambda: ob.pedestrian(rng, cam, t.xy),
+          "van": lambda: ob.van(rng, cam, t.xy, t.yaw), "truck": lambda: ob.truck(rng, cam, t.xy, t.yaw),
           "bin": lambda: ob.bin_(rng, cam, t.xy), "cart": lambda: ob.cart(rng, cam, t.xy),
           "tree": lambda: ob.tree(rng, cam, t.xy)}[t.kind]
     lay = fn()
@@ -322,7 +327,7 @@ def _thing_layers(scene: Scene, t: Thing, cutouts: list[np.ndarray]) -> list[tup
 def _shadow(scene: Scene, t: Thing) -> Layer | None:
     if scene.lighting not in ("day",) or t.kind in FLAT:
         return None
-    h = {"illegal_structure": 2.5, "car": 1.5, "tree": 6.0, "pedestrian": 1.7}.get(t.kind, 0.8)
+    h = {"illegal_structure": 2.5, "car": 1.5, "van": 2.2, "truck": 3.2, "tree": 6.0, "pedestrian": 1.7}.get(t.kind, 0.8)
     length = h * 0.8
     n = 64
     m = np.zeros((n, n), np.float32)

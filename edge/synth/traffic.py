@@ -10,7 +10,7 @@ import numpy as np
 
 from . import objects as ob
 from .camera import PoleCamera
-from .render import Face, Layer, box_faces, render_faces, solid
+from .render import Layer
 from .scene import Scene
 
 DT = 0.1  # s: time step of braking/accelerating time tables and of the lane-conflict check
@@ -192,47 +192,13 @@ def pedestrians(rng: np.random.Generator, scene: Scene, y_lo: float, y_hi: float
     return out
 
 
-def van(rng: np.random.Generator, cam: PoleCamera, xy: tuple[float, float], yaw: float) -> Layer | None:
-    """A tall box van: taller than a car, so it hides more of what stands behind it."""
-    col = [(235, 235, 235), (200, 200, 205), (120, 60, 30), (90, 90, 90), (40, 180, 230)][rng.integers(5)]
-    L, W, H = rng.uniform(4.8, 5.6), rng.uniform(1.9, 2.1), rng.uniform(1.9, 2.4)
-    body = solid(col, rng, noise=4)
-    front = body.copy()
-    front[:7] = solid((45, 40, 35), rng, noise=4)[:7]  # windscreen on the upper part of the front
-    side = body.copy()
-    side[3:6] = side[3:6] * 0.55  # a dark window band
-    tex = (body, side, front, side, body)
-    faces = [Face(f, t, sh) for f, t, sh in zip(box_faces(xy, (W, L, H - 0.3), yaw, 0.3), tex, (0.85, 0.75, 0.8, 0.7, 1.1))]
-    faces += [Face(f, solid((15, 15, 15), rng), 0.7) for f in box_faces(xy, (W * 0.95, L * 0.9, 0.3), yaw, 0.0)[:4]]
-    return render_faces(cam, faces)
-
-
-def truck(rng: np.random.Generator, cam: PoleCamera, xy: tuple[float, float], yaw: float) -> Layer | None:
-    """A small box truck: a cab and a cargo box up to 3.4 m high, the one vehicle that hides a roadside shed."""
-    col = [(235, 235, 235), (150, 90, 40), (40, 40, 160), (60, 140, 60)][rng.integers(4)]
-    L, W, H = rng.uniform(6.4, 7.2), rng.uniform(2.2, 2.4), rng.uniform(3.0, 3.4)
-    c, s = math.cos(yaw), math.sin(yaw)
-    fwd = np.array([-s, c])  # the +y end is the front at yaw 0
-    box_xy = tuple(np.array(xy) - fwd * L * 0.14)
-    cab_xy = tuple(np.array(xy) + fwd * L * 0.36)
-    box = solid(col, rng, noise=5)
-    cab = solid((200, 200, 205), rng, noise=4)
-    cab_front = cab.copy()
-    cab_front[:7] = solid((45, 40, 35), rng, noise=4)[:7]
-    faces = [Face(f, box, sh) for f, sh in zip(box_faces(box_xy, (W, L * 0.72, H - 0.5), yaw, 0.5), (0.85, 0.75, 0.8, 0.7, 1.1))]
-    faces += [Face(f, t, sh) for f, t, sh in zip(box_faces(cab_xy, (W * 0.95, L * 0.26, 1.9), yaw, 0.5),
-                                                  (cab, cab, cab_front, cab, cab), (0.85, 0.75, 0.8, 0.7, 1.1))]
-    faces += [Face(f, solid((15, 15, 15), rng), 0.7) for f in box_faces(xy, (W * 0.95, L * 0.9, 0.5), yaw, 0.0)[:4]]
-    return render_faces(cam, faces)
-
-
 def draw(m: Mover, cam: PoleCamera, xy: tuple[float, float]) -> Layer | None:
     """The mover at ground point `xy`, drawn from its own seed so it looks the same in every frame and camera."""
     rng = np.random.default_rng(m.seed)
     if m.kind == "pedestrian":
         return ob.pedestrian(rng, cam, xy)
     if m.kind == "van":
-        return van(rng, cam, xy, m.yaw)
+        return ob.van(rng, cam, xy, m.yaw)
     if m.kind == "truck":
-        return truck(rng, cam, xy, m.yaw)
+        return ob.truck(rng, cam, xy, m.yaw)
     return ob.car(rng, cam, xy, m.yaw)
