@@ -22,7 +22,7 @@ from .config import Camera, ConfigError, Rules, Site, load_rules, load_site, mas
 from .detector import Detector
 from .evidence import evidence_jpeg
 from .incidents import IncidentBook
-from .messages import IncidentSink, camera_status_message, incident_publications
+from .messages import IncidentSink, camera_status_message
 from .rules import RuleSet
 from .sources import FileSource, RtspSource, SourceError, open_source
 from .topics import Topics
@@ -123,17 +123,14 @@ class JsonlSink:
         self.messages: list[dict[str, Any]] = []
 
     def write_events(self, conn: sqlite3.Connection, events: list[IncidentEvent]) -> None:
-        for ev in events:
-            for topic, payload in incident_publications(
-                    ev, topic_prefix=self.sink.topic_prefix, edge_id=self.sink.edge_id, admin_code=self.sink.admin_code,
-                    utc_offset=self.sink.utc_offset, manifest=self.sink.manifest, evidence_mode=self.sink.evidence_mode):
-                if "/incident/" not in topic:
-                    continue
-                msg = json.loads(payload)
-                self.messages.append(msg)
-                if self.f:
-                    self.f.write(json.dumps(msg, ensure_ascii=False) + "\n")
-                    self.f.flush()
+        for topic, payload in self.sink.publications(events):
+            if "/incident/" not in topic:
+                continue
+            msg = json.loads(payload)
+            self.messages.append(msg)
+            if self.f:
+                self.f.write(json.dumps(msg, ensure_ascii=False) + "\n")
+                self.f.flush()
 
     def close(self) -> None:
         if self.f:

@@ -65,15 +65,11 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_measure_model(a: argparse.Namespace) -> int:
-    from .recipe import measure_model, write_card
+    from .recipe import measure_model, record_measurement
 
     model = Path(a.model)
     figures = measure_model(model, Path(a.out), Progress, a.test_images, a.test_images)
-    man_path = model.with_name(model.stem + ".manifest.json")
-    man = json.loads(man_path.read_text())
-    man["training"]["measured"] = figures
-    man_path.write_text(json.dumps(man, indent=2, ensure_ascii=False) + "\n")
-    print(f"wrote {write_card(model, figures, man['training'].get('recipe', {}))}")
+    print(f"wrote {record_measurement(model, figures)}")
     return 0
 
 

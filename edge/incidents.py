@@ -51,7 +51,6 @@ class Track:
     incident_id: str | None = None
     opened_ts: float | None = None
     last_update: float | None = None
-    seen_since_update: bool = False
     seq: int = 0
     image_size: tuple[int, int] = (0, 0)
 
@@ -130,7 +129,6 @@ class IncidentBook:
                 box, conf = dets.xyxy[i], float(dets.confidence[i])
                 t.box = 0.7 * t.box + 0.3 * box if t.votes else box.copy()
                 t.last_seen = ts
-                t.seen_since_update = True
                 t.image_size = (w, h)
                 if zones[i] is not None:
                     t.zone = zones[i]
@@ -143,7 +141,7 @@ class IncidentBook:
                 if i not in matched and self.class_names[int(dets.class_id[i])] in self.reportable:
                     conf = float(dets.confidence[i])
                     t = Track(self._key(), camera_id, int(dets.class_id[i]), dets.xyxy[i].copy(), ts, ts, best_conf=conf,
-                              best_box=dets.xyxy[i].copy(), zone=zones[i], image_size=(w, h), seen_since_update=True)
+                              best_box=dets.xyxy[i].copy(), zone=zones[i], image_size=(w, h))
                     if image is not None and self.evidence is not None:
                         t.evidence = self.evidence(image, dets.xyxy[i], self.class_names[t.class_id], conf)
                     tracks.append(t)
@@ -161,7 +159,6 @@ class IncidentBook:
                     if n >= p.min_scans and k / n >= p.vote_ratio and k >= p.min_scans:
                         t.incident_id = self._new_id(ts)
                         t.opened_ts = t.last_update = ts
-                        t.seen_since_update = False
                         events.append(self._event(t, "opened", ts))
                         self._save(t, "open")
                     if ts - t.last_seen <= p.window_s or t.is_open:
@@ -174,7 +171,6 @@ class IncidentBook:
                 # only on a scan that sees it: an update must carry fresh evidence, never a stale box
                 if t.key in seen_keys and ts - (t.last_update or ts) >= rules.update_interval_s:
                     t.last_update = ts
-                    t.seen_since_update = False
                     events.append(self._event(t, "updated", ts))
                     self._save(t, "open")
                 keep.append(t)

@@ -285,14 +285,18 @@ class IncidentSink:
     standard_ref: str = GB2026_REF
     topic_prefix: str = "cityops"
 
-    def write_events(self, conn: sqlite3.Connection, events: list[IncidentEvent]) -> None:
+    def publications(self, events: list[IncidentEvent]) -> list[tuple[str, bytes]]:
+        """(topic, payload) of every message the events make, in publishing order."""
         items: list[tuple[str, bytes]] = []
         for ev in events:
             items += incident_publications(
                 ev, topic_prefix=self.topic_prefix, edge_id=self.edge_id, admin_code=self.admin_code,
                 utc_offset=self.utc_offset, manifest=self.manifest, evidence_mode=self.evidence_mode,
                 standard_ref=self.standard_ref)
-        enqueue(conn, items)
+        return items
+
+    def write_events(self, conn: sqlite3.Connection, events: list[IncidentEvent]) -> None:
+        enqueue(conn, self.publications(events))
 
 
 # ----------------------------------------------------------------------------------------------- status

@@ -135,12 +135,8 @@ def measure_model(model: Path, work: Path, progress_cls: Callable[[str], Callabl
     if root is not None:
         bags = write_holdout_bags(work / "test_bags")
         figures["real_bags_holdout"] = evaluate(model, bags)
-        for half, first in (("all", None), ("second_half_unseen", False)):
-            frames = []
-            if first is None:
-                frames = realdata.road_frames(root, True, 1) + realdata.road_frames(root, False, 1)
-            else:
-                frames = realdata.road_frames(root, False, 1)
+        first, second = realdata.road_frames(root, True, 1), realdata.road_frames(root, False, 1)
+        for half, frames in (("all", first + second), ("second_half_unseen", second)):
             n, per = detections_per_image(model, frames)
             figures[f"road_clips_{half}"] = {"frames": len(frames), "detections": n,
                                              "per_1000_frames": round(1000 * n / max(len(frames), 1), 1), "by_class": per}
@@ -223,6 +219,15 @@ def write_card(model: Path, figures: dict[str, Any], recipe: dict[str, Any]) -> 
     return card
 
 
+def record_measurement(model: Path, figures: dict[str, Any]) -> Path:
+    """Store the figures in the model's manifest and rewrite its card from them."""
+    man_path = model.with_name(model.stem + ".manifest.json")
+    man = json.loads(man_path.read_text())
+    man["training"]["measured"] = figures
+    man_path.write_text(json.dumps(man, indent=2, ensure_ascii=False) + "\n")
+    return write_card(model, figures, man["training"].get("recipe", {}))
+
+
 def _f(x: Any) -> str:
     return "—" if x is None else f"{x:.3f}"
 
@@ -279,9 +284,5 @@ def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[in
     if a.skip_measure:
         return {"recipe": recipe}
     figures = measure_model(onnx_path, out / "measure", progress_cls, a.test_images, a.test_images)
-    man_path = onnx_path.with_name(onnx_path.stem + ".manifest.json")
-    man = json.loads(man_path.read_text())
-    man["training"]["measured"] = figures
-    man_path.write_text(json.dumps(man, indent=2, ensure_ascii=False) + "\n")
-    write_card(onnx_path, figures, recipe)
+    record_measurement(onnx_path, figures)
     return {"recipe": recipe, "figures": figures}
