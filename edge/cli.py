@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=16)
     s.add_argument("--hours", type=float, help="wall-time cap; the epoch count and LR schedule are fitted to it")
     s.add_argument("--init-weights", help="continue from our own earlier checkpoint (a second stage); never downloads")
-    s.add_argument("--lr0", type=float, default=0.01, help="initial learning rate (a second stage: about 0.002)")
+    s.add_argument("--lr0", type=float, help="AdamW learning rate; default: ultralytics' automatic choice "
+                   "(AdamW 0.001 for 6 classes); a second stage: about 0.0005")
     s.add_argument("--warmup-epochs", type=float, default=3.0)
     s.add_argument("--stage-name", default="run", help="sub-folder of --out for this stage's checkpoints")
     s.add_argument("--arch", default="yolov8n.yaml", help="ultralytics architecture yaml (no weights are loaded)")

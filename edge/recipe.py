@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -149,6 +150,16 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
 
 
+def _stage_lines(stage: dict[str, Any] | None) -> list[str]:
+    """The earlier stages this model continued from, oldest last, each with the command that ran it."""
+    lines = []
+    while stage:
+        lines.append(f"- Continued from an earlier stage: {stage.get('epochs')} epochs, {stage.get('train_minutes', '?')} min, "
+                     f"data: {stage.get('data_summary')} (`{stage.get('command')}`)")
+        stage = stage.get("previous_stage")
+    return lines
+
+
 def write_card(model: Path, figures: dict[str, Any], recipe: dict[str, Any]) -> Path:
     """A Markdown model card beside the model, from measured figures only."""
     man = json.loads(model.with_name(model.stem + ".manifest.json").read_text())
@@ -169,6 +180,7 @@ def write_card(model: Path, figures: dict[str, Any], recipe: dict[str, Any]) -> 
          f"imgsz {recipe.get('imgsz')}, batch {recipe.get('batch')}, on {recipe.get('device')}; "
          f"training took {recipe.get('train_minutes', '?')} min on {figures.get('machine')}.",
          f"- Training data: {recipe.get('data_summary')}",
+         *_stage_lines(recipe.get("previous_stage")),
          *([f"- Note: {recipe['note']}"] if recipe.get("note") else []),
          "- Real data credit: garbage-bag photos from the Roboflow export \"Trashbags - segmentation V1 + v2\" "
          "(woosongvision, CC BY 4.0); road clips from intel-iot-devkit/sample-videos (CC BY 4.0) and the bgslibrary "
@@ -240,6 +252,13 @@ def _epochs_run(out: Path, stage: str = "run") -> int | None:
     return max(0, len(csv.read_text().strip().splitlines()) - 1)
 
 
+def _manifest_recipe(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())["training"]["recipe"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[int, int], None]]) -> dict[str, Any]:
     from .synth.dataset import write_dataset
     from .train import export_onnx, train_yolo, write_manifest
@@ -257,18 +276,25 @@ def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[in
     minutes = round((time.monotonic() - t0) / 60, 1)
     models = Path(a.models_dir)
     onnx_path = export_onnx(best, a.imgsz, models / f"{a.name}.onnx", out / ".ultralytics")
+    shutil.copyfile(best, models / f"{a.name}.pt")  # so a later stage can continue from the shipped weights
     import yaml
 
     meta = yaml.safe_load(data.read_text()).get("cityops", {})
+    # a second stage keeps the first stage's record, so the card says everything the weights went through
+    earlier = _manifest_recipe(models / f"{a.name}.manifest.json") if a.init_weights else None
     recipe = {"arch": a.arch, "epochs": _epochs_run(out, a.stage_name) or a.epochs, "hours_cap": a.hours, "imgsz": a.imgsz, "batch": a.batch, "device": a.device,
               "train_minutes": minutes, "data_seed": meta.get("seed", a.seed), "data_images": meta.get("images"),
               "data_summary": f"{meta.get('images')} images rendered by `synth-dataset --seed {meta.get('seed')}` "
                               "(~77 % rendered streets, 15 % real bag photos, 8 % real road frames with pasted objects; "
                               "~15 % of the rendered streets hold hard negatives only)",
-              "command": f"python run_edge.py train --images {meta.get('images', a.images)} --seed {meta.get('seed', a.seed)} "
-                         f"--epochs {a.epochs} --imgsz {a.imgsz} --arch {a.arch}" + (f" --hours {a.hours}" if a.hours else "")
-                         + (f" --init-weights {a.init_weights} --lr0 {a.lr0} --warmup-epochs {a.warmup_epochs}"
-                            f" --stage-name {a.stage_name}" if a.init_weights else "")}
+              "lr0": a.lr0 if a.lr0 is not None else "auto (AdamW 0.001)",
+              "command": "python run_edge.py train "
+                         + (f"--data {a.data} " if a.data else f"--images {meta.get('images', a.images)} --seed {meta.get('seed', a.seed)} ")
+                         + f"--epochs {a.epochs} --imgsz {a.imgsz} --arch {a.arch}" + (f" --hours {a.hours}" if a.hours else "")
+                         + (f" --init-weights {a.init_weights} --warmup-epochs {a.warmup_epochs} --stage-name {a.stage_name}"
+                            if a.init_weights else "") + (f" --lr0 {a.lr0}" if a.lr0 is not None else "")}
+    if earlier:
+        recipe["previous_stage"] = earlier
     write_manifest(onnx_path, a.name, "1.0.0", a.imgsz, {"recipe": recipe})
     from .synth.dataset import negatives_dataset
 

@@ -53,7 +53,7 @@ def sha256_file(path: Path) -> str:
 def train_yolo(data_yaml: Path, out_dir: Path, epochs: int, imgsz: int, model_yaml: str = "yolov8n.yaml",
                batch: int = 16, threads: int = 2, device: str = "cpu", workers: int = 0,
                close_mosaic: int | None = None, seed: int = 0, hours: float | None = None,
-               cache: bool | str = "ram", init_weights: Path | None = None, lr0: float = 0.01,
+               cache: bool | str = "ram", init_weights: Path | None = None, lr0: float | None = None,
                warmup_epochs: float = 3.0, name: str = "run") -> Path:
     """Train from the architecture yaml (no pretrained weights); returns the best checkpoint. `hours` caps the
     wall time (ultralytics then fits the epoch count and the learning-rate schedule to it), which keeps the
@@ -70,8 +70,14 @@ def train_yolo(data_yaml: Path, out_dir: Path, epochs: int, imgsz: int, model_ya
     # a second stage continues from our own first-stage weights (never downloaded ones)
     model = YOLO(str(init_weights)) if init_weights else YOLO(model_yaml)
     model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=device, workers=workers,
-                amp=False, plots=False, pretrained=False, project=str(out_dir.resolve()), name=name, exist_ok=True,
-                lr0=lr0, warmup_epochs=warmup_epochs,
+                amp=False, plots=False,
+                # pretrained=False would make ultralytics drop the weights of a model built from a checkpoint, so a
+                # second stage names its own first-stage file (a local path: nothing is downloaded)
+                pretrained=str(init_weights) if init_weights else False, project=str(out_dir.resolve()), name=name, exist_ok=True,
+                # ultralytics' "auto" optimizer ignores lr0 (AdamW at 0.002*5/(4+nc) = 0.001 for 6 classes on
+                # short runs), so an explicit learning rate must name the optimizer to take effect
+                optimizer="AdamW" if lr0 is not None else "auto", lr0=lr0 if lr0 is not None else 0.01,
+                warmup_epochs=warmup_epochs,
                 close_mosaic=close_mosaic if close_mosaic is not None else max(1, epochs // 6), seed=seed,
                 deterministic=False, verbose=True, patience=0, fliplr=0.5, degrees=0.0, mosaic=1.0, scale=0.5,
                 translate=0.1, hsv_h=0.015, hsv_s=0.6, hsv_v=0.4, cache=cache, **({"time": hours} if hours else {}))
