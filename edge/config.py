@@ -101,9 +101,36 @@ class CameraPose(_Base):
     y_m: float = 0.0
 
 
+class ControlPoint(_Base):
+    """One surveyed point: where it is in the image and on the ground (local metres or lon/lat, not both)."""
+
+    image: tuple[float, float] = Field(description="[u, v] pixels in the full-resolution frame")
+    ground: tuple[float, float] | None = Field(None, description="[x, y] metres east and north of the anchor")
+    lonlat: tuple[float, float] | None = Field(None, description="[lon, lat] degrees, CGCS2000/WGS84")
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _one_position(self) -> "ControlPoint":
+        if (self.ground is None) == (self.lonlat is None):
+            raise ValueError("give exactly one of `ground` (local metres) or `lonlat`")
+        return self
+
+
 class Calibration(_Base):
+    """How pixels map to the ground: surveyed control points (>= 4, preferred) or the camera's pose."""
+
     anchor: GeoAnchor = Field(description="lon/lat of the local frame's origin (x east, y north, metres)")
-    pose: CameraPose | None = None
+    pose: CameraPose | None = Field(None, description="camera pose and intrinsics; used when there are no points")
+    points: list[ControlPoint] = Field(default_factory=list, description="image <-> ground control points; >= 4, "
+                                       "spread over the ground the camera watches, not on one line")
+    image_size: tuple[int, int] | None = Field(None, description="[width, height] of the frames the points were "
+                                               "taken on; frames of another size are scaled")
+
+    @model_validator(mode="after")
+    def _something(self) -> "Calibration":
+        if self.pose is None and not self.points:
+            raise ValueError("a calibration needs `points` (>= 4 control points) or a `pose`")
+        return self
 
 
 class Camera(_Base):
@@ -135,6 +162,27 @@ class Broker(_Base):
                                                          "message, on a companion topic, or not at all")
 
 
+class GeoConfig(_Base):
+    """Where detections land on the city's map and when two sightings are one incident."""
+
+    grid_layer: str | None = Field(None, description="GeoJSON of unit-grid polygons (lon/lat) with `grid_code` "
+                                   "(15 or 14 digits) and optional `street_code`, `community_code`; relative to "
+                                   "the site file")
+    inventory: str | None = Field(None, description="GeoJSON of manhole-cover points with `component_id` (16 or 17 "
+                                  "digits) and optional `kind`; relative to the site file")
+    merge_radius_m: float = Field(3.0, gt=0, description="sightings of one class closer than this on the ground "
+                                  "are one incident, across scans, restarts and cameras")
+    class_merge_radius_m: dict[str, float] = Field(default_factory=lambda: {"ponding": 5.0, "illegal_structure": 5.0},
+                                                   description="per-class overrides of merge_radius_m")
+    component_match_radius_m: float = Field(2.0, gt=0, description="an open manhole this close to an inventory "
+                                            "cover carries that cover's component id")
+    ground_point: dict[str, Literal["bottom", "centre"]] = Field(
+        default_factory=lambda: {"ponding": "centre", "manhole_open": "centre", "manhole_cover": "centre"},
+        description="which point of the box touches the ground, per class; default bottom (bottom-centre)")
+    gcj02: bool = Field(False, description="also give GCJ-02 lon/lat (consumer maps in China) in messages")
+    projected_crs: str | None = Field(None, description="also give x/y in this projected CRS, e.g. EPSG:4549")
+
+
 class Site(_Base):
     edge_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="this box's id: MQTT client id and topic level")
     admin_code: str | None = Field(None, pattern=r"^\d{6}$", description="GB/T 2260 county code")
@@ -143,6 +191,7 @@ class Site(_Base):
                        "the project root or absolute")
     state_dir: str = Field("var", description="SQLite state (incidents, outbox), relative to the site file")
     broker: Broker = Field(default_factory=Broker)
+    geo: GeoConfig = Field(default_factory=GeoConfig)
     cameras: list[Camera] = Field(min_length=1)
 
     @field_validator("cameras")
