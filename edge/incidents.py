@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -33,17 +33,41 @@ class EventSink(Protocol):
     def write_events(self, conn: sqlite3.Connection, events: list[IncidentEvent]) -> None: ...
 
 
+@dataclass(frozen=True)
+class Ground:
+    """Where one scan's detections stand on the ground: site-local metres (x east, y north; NaN where the
+    camera has no calibration or the point lies above the horizon) and the uncertainty of each point."""
+
+    xy: np.ndarray
+    accuracy_m: np.ndarray
+
+    @classmethod
+    def unknown(cls, n: int) -> "Ground":
+        return cls(np.full((n, 2), np.nan), np.full(n, np.nan))
+
+
+class Places(Protocol):
+    """What the book needs from the geo stage: which cameras can see a ground point, and what the centre
+    should be told about a place (lon/lat, accuracy, grid code, component…)."""
+
+    def in_view(self, camera_id: str, xy: np.ndarray) -> bool: ...
+
+    def describe(self, class_name: str, xy: np.ndarray, accuracy_m: float | None) -> dict: ...
+
+
 @dataclass
 class Track:
-    """An incident or a candidate for one: a class at a place in one camera's view."""
+    """An incident or a candidate for one: a class at a place on the ground (or, for a camera without
+    calibration, at a place in that camera's image), seen by one or more cameras."""
 
     key: int
-    camera_id: str
+    camera_id: str  # the camera with the best view so far: its box and evidence go in the messages
     class_id: int
-    box: np.ndarray
+    box: np.ndarray  # the smoothed box in `camera_id`'s image
     first_ts: float
     last_seen: float
-    votes: deque = field(default_factory=lambda: deque(maxlen=512))  # (ts, seen)
+    votes: dict = field(default_factory=dict)  # camera id -> deque of (ts, seen)
+    boxes: dict = field(default_factory=dict)  # camera id -> smoothed box in that camera's image
     best_conf: float = 0.0
     best_box: np.ndarray | None = None
     evidence: bytes | None = None
@@ -53,6 +77,9 @@ class Track:
     last_update: float | None = None
     seq: int = 0
     image_size: tuple[int, int] = (0, 0)
+    ground: np.ndarray | None = None  # refined site-local position (metres)
+    ground_w: float = 0.0  # sum of the weights (1/accuracy²) behind `ground`
+    accuracy_m: float | None = None  # best single-sighting uncertainty
 
     @property
     def is_open(self) -> bool:
@@ -60,20 +87,34 @@ class Track:
 
 
 Evidence = Callable[[np.ndarray, np.ndarray, str, float], bytes]
+_COLUMNS = {"ground_x": "REAL", "ground_y": "REAL", "ground_w": "REAL", "accuracy_m": "REAL", "boxes": "TEXT"}
+
+
+def _box_json(b: np.ndarray) -> list[float]:
+    return [round(float(v), 2) for v in b]
 
 
 class IncidentBook:
-    """Votes, opens, updates and resolves incidents for the cameras of one edge box."""
+    """Votes, opens, updates and resolves incidents for the cameras of one edge box.
+
+    An incident is a class at a place: with ground positions, sightings of one class within the class's merge
+    radius are one incident whichever camera saw them; without (an uncalibrated camera), sightings match by
+    image-box IoU within that camera. Each camera that can see an incident's place votes on it on its own
+    cadence; the incident opens when any camera's vote holds, and resolves only on a scan of a camera that
+    should see it, so a camera that goes dark cannot resolve what it no longer watches."""
 
     def __init__(self, db_path: str, edge_id: str, class_names: list[str], rules: dict[str, Rules],
                  sink: EventSink | None = None, evidence: Evidence | None = None,
-                 reportable: set[str] | None = None) -> None:
+                 reportable: set[str] | None = None, places: Places | None = None,
+                 merge_radius_m: Mapping[str, float] | None = None, default_merge_m: float = 3.0) -> None:
         self.edge_id = edge_id
         self.class_names = class_names
         self.rules = rules
         self.sink = sink
         self.evidence = evidence
+        self.places = places
         self.reportable = reportable if reportable is not None else set(class_names)
+        self._radius = np.array([float((merge_radius_m or {}).get(n, default_merge_m)) for n in class_names])
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -82,20 +123,28 @@ class IncidentBook:
             incident_id TEXT PRIMARY KEY, camera_id TEXT, class_id INTEGER, box TEXT, first_ts REAL,
             opened_ts REAL, last_seen REAL, last_update REAL, best_conf REAL, zone TEXT, seq INTEGER,
             image_w INTEGER, image_h INTEGER, state TEXT)""")
+        have = {r[1] for r in self._conn.execute("PRAGMA table_info(incidents)")}
+        for col, typ in _COLUMNS.items():  # state files from before ground positions: add the columns
+            if col not in have:
+                self._conn.execute(f"ALTER TABLE incidents ADD COLUMN {col} {typ}")
         self._conn.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
-        self._tracks: dict[str, list[Track]] = {}
+        self._tracks: list[Track] = []
         self._next_key = 0
         self._load()
 
     # ---------------------------------------------------------------- persistence
     def _load(self) -> None:
         rows = self._conn.execute("SELECT incident_id, camera_id, class_id, box, first_ts, opened_ts, last_seen, "
-                                  "last_update, best_conf, zone, seq, image_w, image_h FROM incidents WHERE state='open'").fetchall()
+                                  "last_update, best_conf, zone, seq, image_w, image_h, ground_x, ground_y, ground_w, "
+                                  "accuracy_m, boxes FROM incidents WHERE state='open'").fetchall()
         for r in rows:
             t = Track(self._key(), r[1], r[2], np.array(json.loads(r[3]), np.float32), r[4], r[6], best_conf=r[8],
-                      zone=r[9], incident_id=r[0], opened_ts=r[5], last_update=r[7], seq=r[10], image_size=(r[11], r[12]))
+                      zone=r[9], incident_id=r[0], opened_ts=r[5], last_update=r[7], seq=r[10], image_size=(r[11], r[12]),
+                      ground=None if r[13] is None else np.array([r[13], r[14]]), ground_w=r[15] or 0.0,
+                      accuracy_m=r[16])
+            t.boxes = {k: np.array(v, np.float32) for k, v in json.loads(r[17] or "{}").items()} or {t.camera_id: t.box}
             t.best_box = t.box.copy()
-            self._tracks.setdefault(t.camera_id, []).append(t)
+            self._tracks.append(t)
         if rows:
             log.info("restored %d open incidents", len(rows))
 
@@ -106,56 +155,58 @@ class IncidentBook:
         return n
 
     def _save(self, t: Track, state: str) -> None:
+        g = t.ground if t.ground is not None else (None, None)
         self._conn.execute(
-            "INSERT OR REPLACE INTO incidents VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (t.incident_id, t.camera_id, t.class_id, json.dumps([round(float(v), 2) for v in t.box]), t.first_ts,
-             t.opened_ts, t.last_seen, t.last_update, t.best_conf, t.zone, t.seq, t.image_size[0], t.image_size[1], state))
+            "INSERT OR REPLACE INTO incidents (incident_id, camera_id, class_id, box, first_ts, opened_ts, last_seen, "
+            "last_update, best_conf, zone, seq, image_w, image_h, state, ground_x, ground_y, ground_w, accuracy_m, boxes) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (t.incident_id, t.camera_id, t.class_id, json.dumps(_box_json(t.box)), t.first_ts, t.opened_ts, t.last_seen,
+             t.last_update, t.best_conf, t.zone, t.seq, t.image_size[0], t.image_size[1], state,
+             None if g[0] is None else float(g[0]), None if g[1] is None else float(g[1]), t.ground_w, t.accuracy_m,
+             json.dumps({k: _box_json(v) for k, v in t.boxes.items()})))
 
     def _key(self) -> int:
         self._next_key += 1
         return self._next_key
 
     # ---------------------------------------------------------------- the vote
-    def update(self, camera_id: str, ts: float, dets: Detections, zones: list[str | None], image: np.ndarray | None = None) -> list[IncidentEvent]:
+    def update(self, camera_id: str, ts: float, dets: Detections, zones: list[str | None], image: np.ndarray | None = None,
+               ground: Ground | None = None) -> list[IncidentEvent]:
         """One scan of one camera: match sightings to tracks, vote, and return the events it causes (already
-        handed to the sink in the same transaction as the state they reflect)."""
+        handed to the sink in the same transaction as the state they reflect). `ground` gives each sighting's
+        site-local position; without it this camera's sightings match by image box only."""
         rules = self.rules[camera_id]
         h, w = (image.shape[:2] if image is not None else (0, 0))
+        ground = ground if ground is not None else Ground.unknown(len(dets))
         with self._lock:
-            tracks = self._tracks.setdefault(camera_id, [])
-            matched = self._match(tracks, dets, rules.match_iou)
+            matched = self._match(camera_id, dets, ground, rules.match_iou)
             seen_keys = set()
             for i, t in matched.items():
-                box, conf = dets.xyxy[i], float(dets.confidence[i])
-                t.box = 0.7 * t.box + 0.3 * box if t.votes else box.copy()
-                t.last_seen = ts
-                t.image_size = (w, h)
-                if zones[i] is not None:
-                    t.zone = zones[i]
-                if conf > t.best_conf + 0.02 or t.best_box is None:
-                    t.best_conf, t.best_box = conf, box.copy()
-                    if image is not None and self.evidence is not None:
-                        t.evidence = self.evidence(image, box, self.class_names[t.class_id], conf)
+                self._observe(t, camera_id, ts, dets, i, ground, zones[i], image, (w, h))
                 seen_keys.add(t.key)
             for i in range(len(dets)):
                 if i not in matched and self.class_names[int(dets.class_id[i])] in self.reportable:
-                    conf = float(dets.confidence[i])
-                    t = Track(self._key(), camera_id, int(dets.class_id[i]), dets.xyxy[i].copy(), ts, ts, best_conf=conf,
-                              best_box=dets.xyxy[i].copy(), zone=zones[i], image_size=(w, h))
-                    if image is not None and self.evidence is not None:
-                        t.evidence = self.evidence(image, dets.xyxy[i], self.class_names[t.class_id], conf)
-                    tracks.append(t)
+                    t = Track(self._key(), camera_id, int(dets.class_id[i]), dets.xyxy[i].copy(), ts, ts)
+                    self._observe(t, camera_id, ts, dets, i, ground, zones[i], image, (w, h))
+                    self._tracks.append(t)
                     seen_keys.add(t.key)
             events: list[IncidentEvent] = []
             p = rules.persistence
             keep: list[Track] = []
-            for t in tracks:
-                t.votes.append((ts, t.key in seen_keys))
-                while t.votes and t.votes[0][0] < ts - p.window_s:
-                    t.votes.popleft()
+            for t in self._tracks:
+                seen = t.key in seen_keys
+                if not seen and not self._watches(t, camera_id):
+                    # another camera's incident, out of this camera's view: this scan says nothing about it
+                    if t.is_open or ts - t.last_seen <= p.window_s:
+                        keep.append(t)
+                    continue
+                votes = t.votes.setdefault(camera_id, deque(maxlen=512))
+                votes.append((ts, seen))
+                while votes and votes[0][0] < ts - p.window_s:
+                    votes.popleft()
                 if not t.is_open:
-                    n = len(t.votes)
-                    k = sum(1 for _, s in t.votes if s)
+                    n = len(votes)
+                    k = sum(1 for _, s in votes if s)
                     if n >= p.min_scans and k / n >= p.vote_ratio and k >= p.min_scans:
                         t.incident_id = self._new_id(ts)
                         t.opened_ts = t.last_update = ts
@@ -169,23 +220,55 @@ class IncidentBook:
                     self._save(t, "resolved")
                     continue
                 # only on a scan that sees it: an update must carry fresh evidence, never a stale box
-                if t.key in seen_keys and ts - (t.last_update or ts) >= rules.update_interval_s:
+                if seen and ts - (t.last_update or ts) >= rules.update_interval_s:
                     t.last_update = ts
                     events.append(self._event(t, "updated", ts))
                     self._save(t, "open")
                 keep.append(t)
-            self._tracks[camera_id] = keep
-            self._commit(events, ts, keep)
+            self._tracks = keep
+            self._commit(events, keep)
             return events
 
-    def _commit(self, events: list[IncidentEvent], ts: float, tracks: list[Track]) -> None:
+    def _observe(self, t: Track, camera_id: str, ts: float, dets: Detections, i: int, ground: Ground,
+                 zone: str | None, image: np.ndarray | None, size: tuple[int, int]) -> None:
+        """Fold one sighting into a track: smoothed box per camera, refined ground position, best view."""
+        box, conf = dets.xyxy[i], float(dets.confidence[i])
+        prev = t.boxes.get(camera_id)
+        t.boxes[camera_id] = box.copy() if prev is None else 0.7 * prev + 0.3 * box
+        t.last_seen = ts
+        xy, acc = ground.xy[i], float(ground.accuracy_m[i])
+        if np.all(np.isfinite(xy)):
+            wgt = 1.0 / max(acc if np.isfinite(acc) else 1.0, 0.1) ** 2
+            t.ground = xy.astype(np.float64).copy() if t.ground is None else (t.ground * t.ground_w + xy * wgt) / (t.ground_w + wgt)
+            t.ground_w += wgt
+            if np.isfinite(acc):
+                t.accuracy_m = acc if t.accuracy_m is None else min(t.accuracy_m, acc)
+        if conf > t.best_conf + 0.02 or t.best_box is None:
+            t.best_conf, t.best_box, t.camera_id, t.image_size = conf, box.copy(), camera_id, size
+            if zone is not None or t.zone is None:
+                t.zone = zone
+            if image is not None and self.evidence is not None:
+                t.evidence = self.evidence(image, box, self.class_names[t.class_id], conf)
+        t.box = t.boxes[t.camera_id]
+
+    def _watches(self, t: Track, camera_id: str) -> bool:
+        """Should this camera see the track? Its place is in the camera's view (calibrated), or the camera
+        has seen it before (an image-only track)."""
+        if t.ground is not None and self.places is not None:
+            return bool(self.places.in_view(camera_id, t.ground))
+        return camera_id in t.boxes
+
+    def _commit(self, events: list[IncidentEvent], tracks: list[Track]) -> None:
         """Events and the state they reflect go to disk together; last-seen times of open incidents ride along."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             for t in tracks:
                 if t.is_open:
-                    self._conn.execute("UPDATE incidents SET last_seen=?, box=? WHERE incident_id=?",
-                                       (t.last_seen, json.dumps([round(float(v), 2) for v in t.box]), t.incident_id))
+                    g = t.ground if t.ground is not None else (None, None)
+                    self._conn.execute(
+                        "UPDATE incidents SET last_seen=?, box=?, ground_x=?, ground_y=?, ground_w=? WHERE incident_id=?",
+                        (t.last_seen, json.dumps(_box_json(t.box)), None if g[0] is None else float(g[0]),
+                         None if g[1] is None else float(g[1]), t.ground_w, t.incident_id))
             if events and self.sink is not None:
                 self.sink.write_events(self._conn, events)
             self._conn.execute("COMMIT")
@@ -193,21 +276,30 @@ class IncidentBook:
             self._conn.execute("ROLLBACK")
             raise
 
-    def _match(self, tracks: list[Track], dets: Detections, min_iou: float) -> dict[int, Track]:
-        """Greedy one-to-one matching of sightings to tracks of the same class by box IoU."""
-        if not tracks or len(dets) == 0:
+    def _match(self, camera_id: str, dets: Detections, ground: Ground, min_iou: float) -> dict[int, Track]:
+        """Greedy one-to-one matching of sightings to tracks of the same class: by ground distance within the
+        class's merge radius where both positions are known, else by box IoU in this camera's image."""
+        if not self._tracks or len(dets) == 0:
             return {}
-        tb = np.stack([t.box for t in tracks])
-        tc = np.array([t.class_id for t in tracks])
-        iou = box_iou(dets.xyxy, tb) * (dets.class_id[:, None] == tc[None, :])
+        tc = np.array([t.class_id for t in self._tracks])
+        same = dets.class_id[:, None] == tc[None, :]
+        tg = np.array([t.ground if t.ground is not None else (np.nan, np.nan) for t in self._tracks], np.float64)
+        d = np.linalg.norm(ground.xy[:, None, :] - tg[None, :, :], axis=2)  # NaN where either is unknown
+        radius = self._radius[dets.class_id][:, None]
+        by_ground = np.isfinite(d)
+        score = np.where(by_ground & (d < radius), 2.0 - d / radius, -1.0)  # (1, 2]: ground matches go first
+        tb = np.stack([t.boxes.get(camera_id, np.full(4, np.nan, np.float32)) for t in self._tracks])
+        iou = np.nan_to_num(box_iou(dets.xyxy, tb), nan=0.0)
+        score = np.where(~by_ground & (iou >= min_iou), iou, score)
+        score[~same] = -1.0
         out: dict[int, Track] = {}
         while True:
-            i, j = np.unravel_index(int(np.argmax(iou)), iou.shape)
-            if iou[i, j] < min_iou:
+            i, j = np.unravel_index(int(np.argmax(score)), score.shape)
+            if score[i, j] <= 0:
                 break
-            out[int(i)] = tracks[int(j)]
-            iou[i, :] = -1
-            iou[:, j] = -1
+            out[int(i)] = self._tracks[int(j)]
+            score[i, :] = -1
+            score[:, j] = -1
         return out
 
     def _new_id(self, ts: float) -> str:
@@ -219,16 +311,24 @@ class IncidentBook:
         t.seq += 1
         mid = str(uuid.uuid5(_NS, f"{self.edge_id}/{t.incident_id}/{kind}/{t.seq}"))
         box = t.best_box if t.best_box is not None else t.box
+        name = self.class_names[t.class_id]
+        place: dict = {}
+        if t.ground is not None and self.places is not None:
+            place = dict(self.places.describe(name, t.ground, t.accuracy_m))
+        lon, lat, acc = place.pop("lon", None), place.pop("lat", None), place.pop("accuracy_m", t.accuracy_m)
         return IncidentEvent(message_id=mid, incident_id=t.incident_id or "", event=kind,  # type: ignore[arg-type]
-                             class_name=self.class_names[t.class_id], camera_id=t.camera_id, ts=ts,
+                             class_name=name, camera_id=t.camera_id, ts=ts,
                              discovered_ts=t.opened_ts if t.opened_ts is not None else ts, confidence=round(t.best_conf, 4),
                              box_xyxy=tuple(round(float(v), 1) for v in box), image_size=t.image_size, zone=t.zone,
+                             ground_xy=None if t.ground is None else (round(float(t.ground[0]), 3), round(float(t.ground[1]), 3)),
+                             lon=lon, lat=lat, accuracy_m=acc if lon is not None else None,
                              evidence_jpeg=t.evidence if kind != "resolved" else None,
-                             extra={"first_seen_ts": t.first_ts, "last_seen_ts": t.last_seen, "seq": t.seq})
+                             extra={"first_seen_ts": t.first_ts, "last_seen_ts": t.last_seen, "seq": t.seq,
+                                    "cameras": sorted(t.boxes), **place})
 
     def open_incidents(self) -> list[Track]:
         with self._lock:
-            return [t for ts in self._tracks.values() for t in ts if t.is_open]
+            return [t for t in self._tracks if t.is_open]
 
     def close(self) -> None:
         self._conn.close()

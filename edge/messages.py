@@ -36,7 +36,9 @@ Incident message fields (topic ``{prefix}/{edge_id}/incident/{camera_id}``, QoS 
 | `needs_review` | true | AI discoveries are verified by a seat operator before dispatch |
 | `description` | string | short Chinese / English text (eventDesc) |
 | `evidence` | object \\| null | `mime` (`image/jpeg`), `sha256` of the JPEG, and `data_b64` (broker `evidence: inline`) or `topic` (`evidence: topic`: the JPEG bytes go to `{prefix}/{edge_id}/evidence/{incident_id}` just before this message); null with `evidence: none` or no picture |
-| `component_id`, `component_status`, `grid_code`, `street_code`, `community_code`, `location_desc` | string, optional | present only when the geo stage knows them (from the event's `extra`) |
+| `component_id`, `component_status`, `component_kind`, `grid_code`, `street_code`, `community_code`, `location_desc` | string, optional | present only when the geo stage knows them (from the event's `extra`); a matched cover's kind also sets `major_code`/`minor_code`/`legacy_code` to that kind's codes (污水井盖 0102 / 01002 …) |
+| `gcj02` | object, optional | `{"lon", "lat"}` on GCJ-02 (consumer maps in China), when the site asks for it (`geo.gcj02`) |
+| `projected` | object, optional | `{"crs", "x", "y"}` in the site's projected CRS (`geo.projected_crs`, e.g. EPSG:4549), metres |
 
 Unknown values are **null, not omitted**: every message has the same keys (plus the optional geo keys), so a
 consumer never needs `.get()` for a core field. The schema rejects keys it does not list — a new field
@@ -90,8 +92,8 @@ SOURCE = "视频智能发现"
 CGCS2000 = "EPSG:4490"
 GB2026_REF = "GB/T 47678.5-2026"
 LEGACY_REFS = ("CJ/T 214-2007", "GB/T 30428.2-2013")
-OPTIONAL_GEO_FIELDS = ("component_id", "component_status", "grid_code", "street_code", "community_code",
-                       "location_desc")
+OPTIONAL_GEO_FIELDS = ("component_id", "component_status", "component_kind", "grid_code", "street_code",
+                       "community_code", "location_desc", "gcj02", "projected")
 
 EvidenceMode = Literal["inline", "topic", "none"]
 MessageKind = Literal["incident", "edge_status", "camera_status"]
@@ -205,6 +207,12 @@ def build_incident_message(
     Raises ValueError for a class the manifest never files, an unknown `standard_ref` or a bad offset.
     """
     spec, major, minor, legacy = _codes(manifest, ev.class_name, standard_ref)
+    kind_codes = ev.extra.get("component_codes")  # a matched inventory cover: file it under its own kind
+    if kind_codes:
+        legacy = kind_codes.get("legacy") or legacy
+        chosen = kind_codes.get("gb2026") if standard_ref.startswith("GB/T 47678") else kind_codes.get("legacy")
+        if chosen:
+            major, minor = chosen[:2], chosen[2:]
     codes = spec.codes
     assert codes is not None and spec.incident_type is not None  # checked in _codes
     topics = Topics(topic_prefix, edge_id)

@@ -98,3 +98,88 @@ def test_updated_at_most_every_update_interval(tmp_path):
     assert [k for k, _ in kinds] == ["opened", "updated", "updated", "updated", "resolved"], kinds
     ts = [t for _, t in kinds]
     assert all(b - a >= 40 for a, b in zip(ts[:4], ts[1:4])), ts
+
+
+# ------------------------------------------------------------------ ground positions and several cameras
+class FakePlaces:
+    """Camera `a` watches x < 20 m, camera `b` watches x > 5 m: both see 5..20 m."""
+
+    def __init__(self):
+        self.view = {"a": (-100.0, 20.0), "b": (5.0, 100.0)}
+
+    def in_view(self, camera_id, xy):
+        lo, hi = self.view.get(camera_id, (1.0, -1.0))
+        return lo < float(xy[0]) < hi
+
+    def describe(self, class_name, xy, accuracy_m):
+        return {"lon": 120.0 + xy[0] * 1e-5, "lat": 31.0 + xy[1] * 1e-5, "accuracy_m": accuracy_m, "grid_code": "320582001001001"}
+
+
+RULES2 = {c: Rules(persistence=Persistence(window_s=10, vote_ratio=0.6, min_scans=3), resolve_after_s=30,
+                   update_interval_s=1000) for c in ("a", "b")}
+
+
+def ground_of(points, acc=0.5):
+    from edge.incidents import Ground
+
+    xy = np.array(points, np.float64).reshape(-1, 2)
+    return Ground(xy, np.full(len(xy), acc))
+
+
+def scan(book, cam, t, points, conf=0.8, cls=2):
+    """One scan of `cam` seeing things at ground `points`; image boxes differ per camera on purpose."""
+    img = np.zeros((100, 200, 3), np.uint8)
+    shift = 0 if cam == "a" else 100
+    boxes = [[shift + 10 + 3 * k, 10, shift + 40 + 3 * k, 40] for k in range(len(points))]
+    d = dets(boxes, cls=cls, conf=conf)
+    return book.update(cam, t, d, [None] * len(d), img, ground_of(points) if points else None)
+
+
+def test_two_cameras_one_incident_best_view_and_refined_position(tmp_path):
+    rng = np.random.default_rng(1)
+    book = IncidentBook(str(tmp_path / "s.db"), "edge1", NAMES, RULES2, ListSink(), places=FakePlaces())
+    ev = []
+    for k in range(40):
+        t = 2.0 * k
+        ev += scan(book, "a", t, [(10 + rng.normal(0, 0.4), 3 + rng.normal(0, 0.4))], conf=0.6)
+        ev += scan(book, "b", t + 1, [(10.8 + rng.normal(0, 0.4), 3.5 + rng.normal(0, 0.4))], conf=0.9)
+    opened = [e for e in ev if e.event == "opened"]
+    assert len(opened) == 1, [(e.event, e.camera_id) for e in ev]
+    final = book.open_incidents()[0]
+    assert final.camera_id == "b"  # the best view (higher confidence) gives the evidence and the box
+    assert np.hypot(final.ground[0] - 10.4, final.ground[1] - 3.25) < 0.3  # mean of both cameras' sightings
+    assert opened[0].lon is not None and opened[0].extra["grid_code"] == "320582001001001"
+
+
+def test_things_beyond_the_merge_radius_stay_apart(tmp_path):
+    book = IncidentBook(str(tmp_path / "s.db"), "edge1", NAMES, RULES2, ListSink(), places=FakePlaces(),
+                        merge_radius_m={"ponding": 3.0})
+    ev = []
+    for k in range(10):
+        ev += scan(book, "a", 2.0 * k, [(8, 0), (8, 4)])  # 4 m apart: two puddles
+    assert sum(e.event == "opened" for e in ev) == 2
+
+
+def test_a_camera_that_cannot_see_the_place_neither_dilutes_the_vote_nor_resolves(tmp_path):
+    book = IncidentBook(str(tmp_path / "s.db"), "edge1", NAMES, RULES2, ListSink(), places=FakePlaces())
+    ev = []
+    for k in range(30):
+        t = 2.0 * k
+        if t < 30:
+            ev += scan(book, "a", t, [(-5, 2)])  # only camera a watches x = -5
+        ev += scan(book, "b", t + 1, [])  # b scans on, sees nothing, and is not asked
+    assert [e.event for e in ev] == ["opened"]  # a went dark at 30 s: b must not resolve what it cannot see
+
+
+def test_restart_matches_the_restored_incident_by_place_from_another_camera(tmp_path):
+    db = str(tmp_path / "s.db")
+    first = IncidentBook(db, "edge1", NAMES, RULES2, ListSink(), places=FakePlaces())
+    ev = []
+    for k in range(10):
+        ev += scan(first, "a", 2.0 * k, [(10, 3)])
+    first.close()
+    second = IncidentBook(db, "edge1", NAMES, RULES2, ListSink(), places=FakePlaces())
+    for k in range(10, 40):
+        ev += scan(second, "b", 2.0 * k, [(10.5, 3.2)] if k < 25 else [])
+    assert [e.event for e in ev] == ["opened", "resolved"], [(e.event, e.camera_id) for e in ev]
+    assert ev[0].incident_id == ev[1].incident_id
