@@ -22,6 +22,7 @@ from .config import Camera, ConfigError, Rules, Site, load_rules, load_site, mas
 from .detector import Detector
 from .evidence import evidence_jpeg
 from .incidents import IncidentBook
+from .locate import Locator
 from .messages import IncidentSink, camera_status_message
 from .rules import RuleSet
 from .sources import FileSource, RtspSource, SourceError, open_source
@@ -54,6 +55,7 @@ class Loaded:
     rulesets: dict[str, RuleSet]
     detector: Detector
     cameras: list[Camera]
+    locator: Locator
 
 
 def resolve(path: str, base: Path) -> Path:
@@ -105,9 +107,13 @@ def load_everything(site_path: Path, model: Path | None = None, rules_override: 
             if not Path(url).exists():
                 problems.append(f"{site_path}: cameras[{cam.id}].url: video file {url} does not exist")
         cams.append(cam.model_copy(update={"url": url}))
+    try:
+        locator = Locator.from_site(site, site_path, det.class_names)
+    except ConfigError as e:
+        problems.append(str(e))
     if problems:
         raise ConfigError("\n".join(problems))
-    return Loaded(site, site_path, rules, rulesets, det, cams)
+    return Loaded(site, site_path, rules, rulesets, det, cams, locator)
 
 
 class BrokerRefused(RuntimeError):
@@ -165,9 +171,16 @@ class EdgeApp:
         self.jsonl = JsonlSink(events_out, self.incident_sink) if replay else None
         names = loaded.detector.class_names
         reportable = {c.name for c in loaded.detector.manifest.classes if c.incident_type}
+        geo = site.geo
         self.book = IncidentBook(str(self.db_path), site.edge_id, names, loaded.rules,
                                  sink=self.jsonl if replay else self.incident_sink, evidence=evidence_jpeg,
-                                 reportable=reportable)
+                                 reportable=reportable, places=loaded.locator,
+                                 merge_radius_m=geo.class_merge_radius_m, default_merge_m=geo.merge_radius_m)
+        if loaded.locator.inventory is not None:
+            from .geo import CoverLedger
+
+            self._ledger_conn = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
+            loaded.locator.ledger = CoverLedger(self._ledger_conn)
         self.publisher = None
         self._lock = threading.Lock()
 
@@ -179,7 +192,9 @@ class EdgeApp:
         dets = self.L.detector.detect(frame.image, conf=rs.min_threshold)
         kept, zone_idx = rs.apply(dets, w, h)
         zones = [rs.zone_name(int(z)) for z in zone_idx]
-        events = self.book.update(frame.camera_id, frame.ts, kept, zones, frame.image)
+        ground = self.L.locator.ground(frame.camera_id, kept, w, h)
+        self.L.locator.record_covers(kept, ground, frame.ts)
+        events = self.book.update(frame.camera_id, frame.ts, kept, zones, frame.image, ground)
         with self._lock:
             self.summary.scans += 1
             for ev in events:

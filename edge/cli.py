@@ -295,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="val")
     s.add_argument("--json", action="store_true", help="print exactly one JSON object")
     s.set_defaults(func=cmd_eval_model)
+
+    from .calibration import add_calibrate_parser
+
+    add_calibrate_parser(sub)
     return p
 
 

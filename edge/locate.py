@@ -1,0 +1,140 @@
+"""The geo stage: where each detection stands on the ground, and what the centre needs to know about that place.
+
+Each calibrated camera maps pixels to its own local metres (`calibration.GroundMap`); the locator moves every
+camera's points into one site frame (metres east/north of the first calibrated camera's anchor), so the incident
+book can tell that two cameras see the same puddle. For a message it turns a site point back into lon/lat
+(CGCS2000), the unit grid that contains it, the inventory cover an open manhole replaces, and the optional
+GCJ-02 / projected coordinates the deployment asked for.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .calibration import GroundMap, ground_maps
+from .config import ConfigError, Site
+from .detections import Detections
+from .geo import CoverLedger, GridLayer, Inventory, Projector, local_to_lonlat, lonlat_to_local, wgs84_to_gcj02
+from .incidents import Ground
+
+log = logging.getLogger(__name__)
+COVER_MISSING = "丢失"
+
+
+def _anchor(gm: GroundMap) -> dict[str, float]:
+    a = gm.anchor
+    return {"lon": float(a["lon"] if isinstance(a, dict) else a.lon), "lat": float(a["lat"] if isinstance(a, dict) else a.lat)}
+
+
+class Locator:
+    """Ground positions for one site's cameras (the `Places` the incident book asks)."""
+
+    def __init__(self, maps: dict[str, GroundMap], class_names: list[str], ground_point: dict[str, str],
+                 grid: GridLayer | None = None, inventory: Inventory | None = None,
+                 component_radius_m: float = 2.0, gcj02: bool = False, projector: Projector | None = None,
+                 ledger: CoverLedger | None = None) -> None:
+        self.maps = maps
+        self.class_names = class_names
+        self.grid = grid
+        self.inventory = inventory
+        self.component_radius_m = component_radius_m
+        self.gcj02 = gcj02
+        self.projector = projector
+        self.ledger = ledger
+        self._ledger_lock = threading.Lock()  # camera threads share the ledger's connection
+        self.anchor = _anchor(next(iter(maps.values()))) if maps else {"lon": 0.0, "lat": 0.0}
+        # per class: 1 where the box centre touches the ground (flat things), 0 for the bottom edge's centre
+        self._centre = np.array([ground_point.get(n, "bottom") == "centre" for n in class_names], bool)
+        # each camera's local frame → the site frame: a shift (anchors are metres apart, so no rotation)
+        self._offset = {}
+        for cid, gm in maps.items():
+            a = _anchor(gm)
+            dx, dy = lonlat_to_local(a["lon"], a["lat"], self.anchor)
+            self._offset[cid] = np.array([float(dx), float(dy)])
+        self._cover_id = class_names.index("manhole_cover") if "manhole_cover" in class_names else -1
+
+    @classmethod
+    def from_site(cls, site: Site, site_path: Path, class_names: list[str]) -> "Locator":
+        """Build from a site's calibrations and geo section; a bad calibration or layer is a ConfigError."""
+        base = Path(site_path).resolve().parent
+
+        def path(p: str) -> Path:
+            q = Path(p)
+            return q if q.is_absolute() else base / q
+
+        g = site.geo
+        unknown = sorted((set(g.class_merge_radius_m) | set(g.ground_point)) - set(class_names))
+        if unknown:
+            raise ConfigError(f"{site_path}: geo: classes {unknown} are not in the model (classes: {class_names})")
+        maps = ground_maps(site, Path(site_path))
+        grid = GridLayer.load(path(g.grid_layer), f"{site_path}: geo.grid_layer") if g.grid_layer else None
+        inv = Inventory.load(path(g.inventory), f"{site_path}: geo.inventory") if g.inventory else None
+        proj = Projector(g.projected_crs) if g.projected_crs else None
+        return cls(maps, class_names, dict(g.ground_point), grid, inv, g.component_match_radius_m, g.gcj02, proj)
+
+    # ------------------------------------------------------------------ per scan
+    def ground(self, camera_id: str, dets: Detections, width: int, height: int) -> Ground:
+        """Each detection's site-frame ground point and uncertainty (NaN for an uncalibrated camera)."""
+        gm = self.maps.get(camera_id)
+        n = len(dets)
+        if gm is None or n == 0:
+            return Ground.unknown(n)
+        if tuple(gm.image_size) != (width, height):
+            gm = gm.scaled(width, height)
+        b = dets.xyxy.astype(np.float64)
+        centre = self._centre[dets.class_id]
+        uv = np.stack([(b[:, 0] + b[:, 2]) / 2, np.where(centre, (b[:, 1] + b[:, 3]) / 2, b[:, 3])], axis=1)
+        xy = gm.to_ground(uv) + self._offset[camera_id]
+        acc = np.asarray(gm.accuracy_m(uv), np.float64)
+        bad = ~np.all(np.isfinite(xy), axis=1)
+        acc[bad] = np.nan
+        return Ground(xy, acc)
+
+    def record_covers(self, dets: Detections, ground: Ground, ts: float) -> list[str]:
+        """Intact covers seen in this scan refresh their inventory entry's last-seen-intact time."""
+        if self.inventory is None or self.ledger is None or self._cover_id < 0:
+            return []
+        sel = (dets.class_id == self._cover_id) & np.all(np.isfinite(ground.xy), axis=1)
+        if not sel.any():
+            return []
+        lon, lat = local_to_lonlat(ground.xy[sel, 0], ground.xy[sel, 1], self.anchor)
+        ids = sorted({c.component_id for c in self.inventory.nearest(np.atleast_1d(lon), np.atleast_1d(lat),
+                                                                      self.component_radius_m) if c is not None})
+        if ids:
+            with self._ledger_lock:
+                self.ledger.record_intact(ids, ts)
+        return ids
+
+    # ------------------------------------------------------------------ Places
+    def in_view(self, camera_id: str, xy: np.ndarray) -> bool:
+        gm = self.maps.get(camera_id)
+        if gm is None:
+            return False
+        local = np.asarray(xy, np.float64).reshape(1, 2) - self._offset[camera_id]
+        return bool(gm.in_view(local)[0])
+
+    def describe(self, class_name: str, xy: np.ndarray, accuracy_m: float | None) -> dict[str, Any]:
+        """What a message says about a site point: lon/lat, accuracy, grid, the cover it replaces, extra CRSs."""
+        lon, lat = local_to_lonlat(float(xy[0]), float(xy[1]), self.anchor)
+        lon, lat = float(lon), float(lat)
+        out: dict[str, Any] = {"lon": lon, "lat": lat, "accuracy_m": accuracy_m}
+        if self.grid is not None:
+            cell = self.grid.lookup(np.array([lon]), np.array([lat]))[0]
+            if cell is not None:
+                out.update(grid_code=cell.grid_code, street_code=cell.street_code, community_code=cell.community_code)
+        if class_name == "manhole_open" and self.inventory is not None:
+            comp = self.inventory.nearest(np.array([lon]), np.array([lat]), self.component_radius_m)[0]
+            if comp is not None:
+                out.update(component_id=comp.component_id, component_status=COVER_MISSING, component_kind=comp.kind,
+                           component_codes={"legacy": comp.legacy_code, "gb2026": comp.gb2026_code})
+        if self.gcj02:
+            glon, glat = wgs84_to_gcj02(lon, lat)
+            out["gcj02"] = {"lon": round(float(glon), 7), "lat": round(float(glat), 7)}
+        if self.projector is not None:
+            px, py = self.projector.forward(lon, lat)
+            out["projected"] = {"crs": self.projector.crs, "x": round(float(px), 3), "y": round(float(py), 3)}
+        return out

@@ -1,0 +1,126 @@
+"""The geo stage: a detection's box becomes a site-frame ground point shared by all cameras, and a place
+becomes lon/lat, a unit-grid code and — for an open manhole — the inventory cover it replaces."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from edge.config import Calibration, CameraPose, GeoAnchor, GeoConfig
+from edge.detections import Detections
+from edge.calibration import ground_map
+from edge.geo import CoverLedger, GridLayer, Inventory, local_to_lonlat, lonlat_to_local
+from edge.locate import Locator
+from edge.synth.camera import PoleCamera
+
+NAMES = ["manhole_cover", "manhole_open", "ponding", "garbage_pile"]
+ANCHOR = {"lon": 120.57, "lat": 31.88}
+
+
+def pose_cal(cam: PoleCamera, anchor: dict) -> Calibration:
+    return Calibration(anchor=GeoAnchor(**anchor), pose=CameraPose(**cam.to_dict()))
+
+
+def box_at(cam: PoleCamera, xy, half_w_m=0.5, centre=False):
+    """An axis-aligned image box whose bottom-centre (or centre) projects from ground point `xy`."""
+    uv = cam.project(np.array([[xy[0], xy[1], 0.0]]))[0][0]
+    hw = 20.0
+    return [uv[0] - hw, uv[1] - (hw if centre else 2 * hw), uv[0] + hw, uv[1] + (hw if centre else 0.0)]
+
+
+def grid_file(tmp_path):
+    feats = []
+    for i, x0 in enumerate((-100.0, 0.0)):
+        xs = [x0, x0 + 100, x0 + 100, x0, x0]
+        ys = [-100.0, -100.0, 100.0, 100.0, -100.0]
+        lon, lat = local_to_lonlat(np.array(xs), np.array(ys), ANCHOR)
+        feats.append({"type": "Feature", "properties": {"grid_code": f"32058200100100{i + 1}"},
+                      "geometry": {"type": "Polygon", "coordinates": [list(map(list, zip(lon, lat)))]}})
+    p = tmp_path / "grids.geojson"
+    p.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    return p
+
+
+def covers_file(tmp_path, xy):
+    lon, lat = local_to_lonlat(xy[0], xy[1], ANCHOR)
+    p = tmp_path / "covers.geojson"
+    p.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"component_id": "3205820102000001"},
+         "geometry": {"type": "Point", "coordinates": [float(lon), float(lat)]}}]}))
+    return p
+
+
+@pytest.fixture
+def two_cameras():
+    # camera a at the anchor looking north; camera b 30 m north of it looking back south, its own anchor 10 m east
+    a = PoleCamera.from_hfov(1280, 720, 70, 8.0, 30.0, heading_deg=0.0)
+    anchor_b = dict(zip(("lon", "lat"), map(float, local_to_lonlat(10.0, 0.0, ANCHOR))))
+    b = PoleCamera.from_hfov(1280, 720, 70, 8.0, 30.0, heading_deg=180.0, x_m=-10.0, y_m=30.0)  # b's local frame
+    maps = {"a": ground_map(pose_cal(a, ANCHOR), "a"), "b": ground_map(pose_cal(b, anchor_b), "b")}
+    return a, b, maps
+
+
+def test_both_cameras_put_one_thing_at_one_site_point(two_cameras):
+    a, b, maps = two_cameras
+    loc = Locator(maps, NAMES, {"ponding": "centre"})
+    site_xy = np.array([2.0, 15.0])  # in a's (= the site's) frame; b's frame is shifted 10 m west of it
+    da = Detections(np.array([box_at(a, site_xy)], np.float32), np.array([0.9], np.float32), np.array([3]))
+    db = Detections(np.array([box_at(b, site_xy - [10.0, 0.0])], np.float32), np.array([0.9], np.float32), np.array([3]))
+    ga, gb = loc.ground("a", da, 1280, 720), loc.ground("b", db, 1280, 720)
+    assert np.linalg.norm(ga.xy[0] - site_xy) < 0.05 and np.linalg.norm(gb.xy[0] - site_xy) < 0.05
+    assert 0.5 <= ga.accuracy_m[0] < 1.5  # pose-only calibration: about half a metre plus the pixel footprint
+    assert loc.in_view("a", site_xy) and loc.in_view("b", site_xy) and not loc.in_view("a", np.array([0.0, -5.0]))
+    # a frame at half resolution gives the same ground point
+    half = Detections(da.xyxy / 2, da.confidence, da.class_id)
+    assert np.linalg.norm(loc.ground("a", half, 640, 360).xy[0] - site_xy) < 0.1
+
+
+def test_flat_things_use_the_box_centre(two_cameras):
+    a, _, maps = two_cameras
+    loc = Locator(maps, NAMES, {"ponding": "centre"})
+    xy = np.array([1.0, 12.0])
+    d = Detections(np.array([box_at(a, xy, centre=True)] * 2, np.float32), np.array([0.9, 0.9], np.float32), np.array([2, 3]))
+    g = loc.ground("a", d, 1280, 720)
+    assert np.linalg.norm(g.xy[0] - xy) < 0.05  # ponding: centre
+    assert g.xy[1][1] < xy[1] - 0.3  # garbage (bottom edge, nearer the camera) read at the same box lands nearer
+
+
+def test_uncalibrated_camera_gives_unknown_ground(two_cameras):
+    loc = Locator(two_cameras[2], NAMES, {})
+    d = Detections(np.array([[0, 0, 10, 10]], np.float32), np.array([0.9], np.float32), np.array([2]))
+    g = loc.ground("elsewhere", d, 1280, 720)
+    assert np.isnan(g.xy).all() and not loc.in_view("elsewhere", np.array([0.0, 10.0]))
+
+
+def test_describe_gives_grid_component_and_extra_crs(tmp_path, two_cameras):
+    maps = two_cameras[2]
+    cover = (3.0, 20.0)
+    loc = Locator(maps, NAMES, {}, grid=GridLayer.load(grid_file(tmp_path)), inventory=Inventory.load(covers_file(tmp_path, cover)),
+                  component_radius_m=2.0, gcj02=True)
+    d = loc.describe("manhole_open", np.array([3.5, 20.5]), 0.6)
+    lon, lat = local_to_lonlat(3.5, 20.5, ANCHOR)
+    assert abs(d["lon"] - lon) < 1e-9 and abs(d["lat"] - lat) < 1e-9 and d["accuracy_m"] == 0.6
+    assert d["grid_code"] == "320582001001002" and d["street_code"] == "320582001"
+    assert d["component_id"] == "3205820102000001" and d["component_status"] == "丢失"
+    assert d["component_codes"] == {"legacy": "0102", "gb2026": "01002"} and d["component_kind"] == "污水井盖"
+    assert abs(d["gcj02"]["lon"] - lon) > 1e-4  # GCJ-02 is offset by hundreds of metres in China
+    far = loc.describe("manhole_open", np.array([-30.0, 20.5]), 0.6)
+    assert "component_id" not in far and far["grid_code"] == "320582001001001"
+    assert "component_id" not in loc.describe("ponding", np.array([3.0, 20.0]), 0.6)  # only open manholes
+
+
+def test_intact_covers_refresh_the_inventory_ledger(tmp_path, two_cameras):
+    a, _, maps = two_cameras
+    conn = sqlite3.connect(str(tmp_path / "s.db"))
+    loc = Locator(maps, NAMES, {"manhole_cover": "centre"}, inventory=Inventory.load(covers_file(tmp_path, (3.0, 20.0))),
+                  ledger=CoverLedger(conn))
+    d = Detections(np.array([box_at(a, (3.2, 20.1), centre=True)], np.float32), np.array([0.9], np.float32), np.array([0]))
+    assert loc.record_covers(d, loc.ground("a", d, 1280, 720), 1234.0) == ["3205820102000001"]
+    assert loc.ledger.last_intact("3205820102000001") == 1234.0
+
+
+def test_site_anchor_roundtrip_is_consistent():
+    x, y = lonlat_to_local(*local_to_lonlat(12.0, -7.0, ANCHOR), ANCHOR)
+    assert abs(x - 12.0) < 1e-6 and abs(y + 7.0) < 1e-6
