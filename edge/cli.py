@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .calibration import add_calibrate_parser
 
     add_calibrate_parser(sub)
+    from .score import add_score_parser
+
+    add_score_parser(sub)
     return p
 
 

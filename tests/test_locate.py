@@ -8,7 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from edge.config import Calibration, CameraPose, GeoAnchor, GeoConfig
+from edge.config import Calibration, CameraPose, GeoAnchor
 from edge.detections import Detections
 from edge.calibration import ground_map
 from edge.geo import CoverLedger, GridLayer, Inventory, local_to_lonlat, lonlat_to_local

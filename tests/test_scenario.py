@@ -4,6 +4,7 @@ schedule of a long clip (planned, not rendered), and the local ↔ lon/lat conve
 Clips here are tiny (18 s at 320x180, 2 fps) so the module stays well under a minute on busy cores."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from contextlib import nullcontext as does_not_raise
@@ -199,3 +200,112 @@ def test_arguments_are_checked_before_any_work(monkeypatch: pytest.MonkeyPatch, 
             write_scenario(tmp_path, 1, **{**SMALL, **kwargs})
         except _Planned:
             pass
+
+
+# ----------------------------------------------------------------------------- the site beside the clip
+def test_the_clip_comes_with_a_site_that_loads(clip) -> None:
+    from edge.config import load_rules, load_site, rules_path
+
+    out, truth, _ = clip
+    site = load_site(out / "site.yaml")
+    assert site.edge_id == "synth-11" and site.admin_code == "320582" and site.state_dir == "var"
+    assert site.geo.grid_layer == "grids.geojson" and site.geo.inventory == "covers.geojson"
+    assert [c.id for c in site.cameras] == ["cam1", "cam2"]
+    cams = {c["id"]: c for c in truth["cameras"]}
+    for cam in site.cameras:
+        assert (out / cam.url).is_file() and cam.scan_interval_s == 2.0
+        rules = load_rules(rules_path(out / "site.yaml", cam))
+        assert rules.camera == cam.id and rules.resolve_after_s == 30.0 and rules.persistence.window_s == 20.0
+        a = cam.calibration.anchor
+        assert {"lon": a.lon, "lat": a.lat} == cams[cam.id]["geo_anchor"]
+    cal1, cal2 = site.cameras[0].calibration, site.cameras[1].calibration
+    assert len(cal1.points) >= 8 and cal1.pose is None and cal1.image_size == (SMALL["width"], SMALL["height"])
+    true1 = _camera(cams["cam1"])
+    ground = np.array([p.ground for p in cal1.points])
+    uv, _ = true1.project(np.column_stack([ground, np.zeros(len(ground))]))
+    assert np.abs(uv - np.array([p.image for p in cal1.points])).max() < 4.0  # ~0.7 px picking, ~3 cm survey noise
+    dist = true1.ground_distance(ground)
+    assert dist.min() >= 7.8 and dist.max() <= 40.2
+    assert (ground[:, 0] < 0).sum() >= 2 and (ground[:, 0] > 0).sum() >= 2  # both sides of the road's centre line
+    assert cal2.pose is not None and not cal2.points
+    p2 = cams["cam2"]["pose"]
+    assert (cal2.pose.x_m, cal2.pose.y_m, cal2.pose.height_m) == pytest.approx((p2["x_m"], p2["y_m"], p2["height_m"]),
+                                                                                abs=1e-3)
+    assert cal2.pose.fx == pytest.approx(cams["cam2"]["intrinsics"]["fx"], rel=0.01)
+
+
+def _local_bounds(feat: dict, anchor: dict) -> tuple[float, float, float, float]:
+    ring = np.array(feat["geometry"]["coordinates"][0])
+    x, y = lonlat_to_local(ring[:, 0], ring[:, 1], anchor)
+    return float(x.min()), float(y.min()), float(x.max()), float(y.max())
+
+
+def test_the_grid_layer_holds_each_incident_in_its_truth_cell(clip) -> None:
+    shapely_geometry = pytest.importorskip("shapely.geometry")
+    out, truth, _ = clip
+    anchor = truth["cameras"][0]["geo_anchor"]
+    feats = json.loads((out / "grids.geojson").read_text(encoding="utf-8"))["features"]
+    codes = [f["properties"]["grid_code"] for f in feats]
+    assert len(set(codes)) == len(codes) >= 36
+    for f in feats:
+        p = f["properties"]
+        assert len(p["grid_code"]) == 15 and p["grid_code"].isdigit() and p["grid_code"].startswith("320582")
+        assert p["street_code"] == p["grid_code"][:9] and p["community_code"] == p["grid_code"][:12]
+        x0, y0, x1, y1 = _local_bounds(f, anchor)
+        assert (x1 - x0) * (y1 - y0) == pytest.approx(10_000.0, abs=1.0)  # a 万米单元网格
+    boxes = np.array([_local_bounds(f, anchor) for f in feats])
+    assert boxes[:, 0].min() <= -300 and boxes[:, 1].min() <= -300 and boxes[:, 2].max() >= 300 and boxes[:, 3].max() >= 300
+    site = truth["site"]
+    assert site["grid_cell_m"] == 100.0 and site["grid_origin_m"] != [0.0, 0.0]
+    cam1_y = truth["cameras"][0]["pose"]["y_m"]
+    borders = site["grid_origin_m"][1] + 100.0 * np.arange(-5, 6)
+    assert (np.abs(np.abs(borders - cam1_y) - 21.0) <= 9.0).any()  # a cell border crosses the watched street
+    polys = [(c, shapely_geometry.shape(f["geometry"])) for c, f in zip(codes, feats)]
+    for inc in truth["incidents"]:
+        pt = shapely_geometry.Point(inc["lon"], inc["lat"])
+        assert inc["grid_code"] in [c for c, g in polys if g.covers(pt)], inc["id"]
+    from edge.geo import GridLayer  # the runtime's own reader agrees
+
+    layer = GridLayer.load(out / "grids.geojson")
+    found = layer.lookup([i["lon"] for i in truth["incidents"]], [i["lat"] for i in truth["incidents"]])
+    assert [c.grid_code for c in found] == [i["grid_code"] for i in truth["incidents"]]
+
+
+def test_the_inventory_holds_every_cover_and_the_open_manholes_ids(clip) -> None:
+    from edge.geo import COVER_KINDS, Inventory
+
+    out, truth, _ = clip
+    feats = json.loads((out / "covers.geojson").read_text(encoding="utf-8"))["features"]
+    ids = [f["properties"]["component_id"] for f in feats]
+    assert len(set(ids)) == len(ids) == len(truth["covers"]) + len(truth["site"]["inventory_outside_view"])
+    kinds = {legacy: name for name, legacy, _ in COVER_KINDS if legacy}
+    for f, cid in zip(feats, ids):
+        assert len(cid) == 16 and cid.isdigit() and cid.startswith("32058201") and 1 <= int(cid[8:10]) <= 12
+        assert f["properties"]["kind"] == kinds[cid[6:10]] and f["geometry"]["type"] == "Point"
+    at = {f["properties"]["component_id"]: f["geometry"]["coordinates"] for f in feats}
+    for c in truth["covers"]:
+        assert at[c["component_id"]] == [c["lon"], c["lat"]]
+    assert len(truth["site"]["inventory_outside_view"]) >= 4
+    for c in truth["site"]["inventory_outside_view"]:
+        assert min(math.hypot(c["ground_xy_m"][0] - cam["pose"]["x_m"], c["ground_xy_m"][1] - cam["pose"]["y_m"])
+                   for cam in truth["cameras"]) > 60.0
+    replaced = {c["missing_with"]: c["component_id"] for c in truth["covers"] if "missing_with" in c}
+    opens = [i for i in truth["incidents"] if i["class"] == "manhole_open"]
+    assert opens, "seed 11 plans an open manhole"
+    for inc in opens:
+        assert inc["component_id"] == replaced[inc["id"]] and inc["component_id"] in ids
+    assert all("component_id" not in i for i in truth["incidents"] if i["class"] != "manhole_open")
+    assert len(Inventory.load(out / "covers.geojson")) == len(ids)
+
+
+def test_the_site_files_depend_on_the_plan_only(clip, tmp_path: Path) -> None:
+    out, _, _ = clip
+    plan = plan_scenario(11, SMALL["minutes"], cameras=2, fps=SMALL["fps"], width=SMALL["width"],
+                         height=SMALL["height"])
+    assert scenario.write_site(tmp_path, plan) == tmp_path / "site.yaml"
+    for name in ("site.yaml", "grids.geojson", "covers.geojson", "rules/cam1.yaml", "rules/cam2.yaml"):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+    other = dataclasses.replace(plan, seed=12, views=plan.views[:1])  # another seed's layers, one camera
+    scenario.write_site(tmp_path / "other", other)
+    assert (tmp_path / "other" / "grids.geojson").read_bytes() != (out / "grids.geojson").read_bytes()
+    assert not (tmp_path / "other" / "rules" / "cam2.yaml").exists()

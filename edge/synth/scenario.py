@@ -16,10 +16,11 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import numpy as np
 
+from ..geo import local_to_lonlat, lonlat_to_local
 from . import realdata, traffic, video
 from .camera import PoleCamera
 from .render import Layer
@@ -33,7 +34,7 @@ STOP_KINDS = ("car", "van", "truck")  # by height
 NEGATIVE_KINDS = ("grate", "painted", "oil", "repair", "wet", "bin", "cart")
 LIGHTINGS = ("day", "day", "overcast", "dusk", "wet")  # night and rain come later
 GEO_ANCHOR = {"lon": 120.55, "lat": 31.87}  # Zhangjiagang; each clip jitters it by a few km
-WGS84_A, WGS84_E2 = 6378137.0, 6.69437999014e-3
+_REEXPORTED = (lonlat_to_local,)  # the geography moved to edge.geo; callers still import it from here
 
 SECONDS_PER_INCIDENT = 65.0  # a new incident about every minute
 MIN_LIFETIME_S = 60.0  # long enough for a detector that votes over ~30 s to open it
@@ -44,33 +45,6 @@ REUSE_S = 30.0  # a spot is free again this long after its incident went (three 
 REACH_M = 35.0  # camera 1's top image edge sees at least this far: a steeper tilt would crop far incidents
 MIN_PX_GAIN = 1.5  # incidents at least this many times scene.MIN_PX, so a 416-px detector input still sees them
 TOP_M = {"garbage_pile": 1.0, "material_pile": 1.2, "illegal_structure": 3.2, "bin": 1.1, "cart": 1.4}
-
-
-# ----------------------------------------------------------------------------- geography
-def _radii(lat_deg: float) -> tuple[float, float]:
-    """Meridian and prime-vertical radii of curvature of WGS84 at a latitude (metres)."""
-    s2 = math.sin(math.radians(lat_deg)) ** 2
-    w = 1 - WGS84_E2 * s2
-    return WGS84_A * (1 - WGS84_E2) / w ** 1.5, WGS84_A / math.sqrt(w)
-
-
-def local_to_lonlat(x: Any, y: Any, anchor: Mapping[str, float]) -> tuple[Any, Any]:
-    """Local metres (x east, y north of `anchor` {"lon", "lat"}) → (lon, lat) degrees, WGS84/CGCS2000.
-
-    A tangent-plane (equirectangular) step with the ellipsoid's radii at the anchor: within 1 km of it the
-    error is millimetres, far below what a camera's ground point is worth, and it needs no pyproj. Takes
-    floats or numpy arrays."""
-    m, n = _radii(anchor["lat"])
-    lat0 = math.radians(anchor["lat"])
-    return anchor["lon"] + np.degrees(np.divide(x, n * math.cos(lat0))), anchor["lat"] + np.degrees(np.divide(y, m))
-
-
-def lonlat_to_local(lon: Any, lat: Any, anchor: Mapping[str, float]) -> tuple[Any, Any]:
-    """The inverse of `local_to_lonlat`: (lon, lat) degrees → local metres east and north of `anchor`."""
-    m, n = _radii(anchor["lat"])
-    lat0 = math.radians(anchor["lat"])
-    return (np.radians(np.subtract(lon, anchor["lon"])) * n * math.cos(lat0),
-            np.radians(np.subtract(lat, anchor["lat"])) * m)
 
 
 # ----------------------------------------------------------------------------- plan
@@ -599,7 +573,9 @@ def _r(v: float, nd: int = 3) -> float:
     return round(float(v), nd) + 0.0  # + 0.0: no "-0.0" in the truth
 
 
-def _truth(plan: Plan) -> dict:
+def _truth(plan: Plan, layers: SiteLayers | None = None) -> dict:
+    """The truth file's content; with `layers` every incident carries its unit-grid code, every cover (and the
+    open manhole that replaces one) its component id, as the site's GeoJSON layers say."""
     anchor = plan.anchor
     scene = plan.views[0].scene
 
@@ -614,29 +590,343 @@ def _truth(plan: Plan) -> dict:
                                                                            for k, x in v.cam.intrinsics_dict().items()},
                      "pose": {k: _r(x, 4) for k, x in v.cam.pose_dict().items()}, "geo_anchor": dict(anchor),
                      "lon": _r(lon, 8), "lat": _r(lat, 8)})
+    by_cover = {c.name: c for c in layers.covers} if layers else {}
+    replaced = {c.missing_with: c for c in layers.covers if c.missing_with} if layers else {}
+
+    def inc_codes(i: Item) -> dict:
+        if layers is None:
+            return {}
+        out = {"grid_code": layers.grid.code_at(i.thing.x, i.thing.y)}
+        if i.thing.cls == "manhole_open" and i.name in replaced:
+            out["component_id"] = replaced[i.name].component_id
+        return out
+
+    def cover_codes(i: Item) -> dict:
+        c = by_cover.get(i.name)
+        return {"component_id": c.component_id, "kind": c.kind} if c else {}
+
     incidents = [{"id": i.name, "class": i.thing.cls, "appear_s": _r(i.appear_s),
                   "disappear_s": None if i.disappear_s is None else _r(i.disappear_s), **geo(i.thing),
-                  "size_m": _r(i.thing.size, 2), "visible_in": visible_in(plan, i)} for i in plan.incidents]
+                  "size_m": _r(i.thing.size, 2), "visible_in": visible_in(plan, i), **inc_codes(i)}
+                 for i in plan.incidents]
     covers = [{"id": i.name, **geo(i.thing), "visible_in": visible_in(plan, i),
-               **({"missing_with": i.of_incident} if i.of_incident else {})} for i in plan.items if i.role == "cover"]
+               **({"missing_with": i.of_incident} if i.of_incident else {}), **cover_codes(i)}
+              for i in plan.items if i.role == "cover"]
     negatives = [{"id": i.name, "kind": i.thing.kind, **geo(i.thing)} for i in plan.items if i.role == "negative"]
     occl = sorted(plan.occlusions, key=lambda o: (o["start_s"], o["camera"], o["incident_id"]))
-    return {"schema": 1, "seed": plan.seed, "duration_s": _r(plan.duration_s), "fps": plan.fps,
-            "frames": plan.n_frames, "cameras": cams, "incidents": incidents, "covers": covers,
-            "negatives": negatives, "occlusions": occl,
-            "scene": {"layout": scene.layout, "lighting": scene.lighting, "road_w_m": _r(scene.road_w, 2),
-                      "pave_w_m": _r(scene.pave_w, 2), "lanes": [{"x_m": _r(l.x), "direction": l.direction}
-                                                                  for l in plan.lanes],
-                      "vehicles": sum(m.lane >= 0 for m in plan.movers),
-                      "stopping_vehicles": sum(m.stop_for is not None for m in plan.movers),
-                      "pedestrians": sum(m.lane < 0 for m in plan.movers)}}
+    truth = {"schema": 1, "seed": plan.seed, "duration_s": _r(plan.duration_s), "fps": plan.fps,
+             "frames": plan.n_frames, "cameras": cams, "incidents": incidents, "covers": covers,
+             "negatives": negatives, "occlusions": occl,
+             "scene": {"layout": scene.layout, "lighting": scene.lighting, "road_w_m": _r(scene.road_w, 2),
+                       "pave_w_m": _r(scene.pave_w, 2), "lanes": [{"x_m": _r(l.x), "direction": l.direction}
+                                                                   for l in plan.lanes],
+                       "vehicles": sum(m.lane >= 0 for m in plan.movers),
+                       "stopping_vehicles": sum(m.stop_for is not None for m in plan.movers),
+                       "pedestrians": sum(m.lane < 0 for m in plan.movers)}}
+    if layers is not None:
+        g = layers.grid
+        truth["site"] = {"file": SITE_FILE, "admin_code": COUNTY_CODE, "grid_layer": GRID_FILE,
+                         "inventory": INVENTORY_FILE, "grid_origin_m": [_r(g.origin[0]), _r(g.origin[1])],
+                         "grid_cell_m": _r(g.cell_m),
+                         "inventory_outside_view": [{"id": c.name, "component_id": c.component_id, "kind": c.kind,
+                                                     "ground_xy_m": [_r(c.x), _r(c.y)],
+                                                     **dict(zip(("lon", "lat"), _lonlat(c.x, c.y, anchor)))}
+                                                    for c in layers.covers if c.outside_view]}
+    return truth
+
+
+# ----------------------------------------------------------------------------- the site beside the clip
+COUNTY_CODE = "320582"  # GB/T 2260 张家港市, the anchor's county
+SITE_FILE, GRID_FILE, INVENTORY_FILE = "site.yaml", "grids.geojson", "covers.geojson"
+GRID_CELL_M = 100.0  # a 万米单元网格 is nominally 10,000 m²
+GRID_REACH_M = 300.0  # the layer covers at least this far around the anchor, both cameras and all covers
+COMMUNITY_CELLS, STREET_COMMUNITIES = 3, 2  # a community is 3x3 cells, a street 2x2 communities
+SURVEY_PX, SURVEY_M = 0.7, 0.03  # control points: pixel picking and survey (RTK) noise, 1 sigma
+N_CONTROL_POINTS = 8
+# The scenario's rules: persistence and resolve as the demo camera's (rules/demo-cam1.yaml); no zones and no
+# per-class areas, so the far incidents the clip is built to contain are not filtered out before the vote.
+SCENARIO_RULES = {"persistence": {"window_s": 20.0, "vote_ratio": 0.6, "min_scans": 4}, "resolve_after_s": 30.0,
+                  "update_interval_s": 120.0, "match_iou": 0.3}
+
+
+def _lonlat(x: float, y: float, anchor: dict[str, float]) -> tuple[float, float]:
+    lon, lat = local_to_lonlat(x, y, anchor)
+    return _r(lon, 8), _r(lat, 8)
+
+
+@dataclass(frozen=True)
+class UnitGrid:
+    """Axis-aligned 100 m cells in local metres: cell (i, j) spans origin + cell_m * [i, i+1) x [j, j+1). The
+    same arithmetic gives the truth's grid codes and the polygons of grids.geojson, so they cannot disagree."""
+
+    origin: tuple[float, float]
+    cell_m: float
+    cols: range
+    rows: range
+    codes: dict[tuple[int, int], tuple[str, str, str]]  # (i, j) -> (street_code, community_code, grid_code)
+
+    def cell(self, x: float, y: float) -> tuple[int, int]:
+        return math.floor((x - self.origin[0]) / self.cell_m), math.floor((y - self.origin[1]) / self.cell_m)
+
+    def code_at(self, x: float, y: float) -> str | None:
+        """The 15-digit grid code of the cell holding a ground point; None outside the layer."""
+        c = self.codes.get(self.cell(x, y))
+        return c[2] if c else None
+
+    def bounds(self, i: int, j: int) -> tuple[float, float, float, float]:
+        x0, y0 = self.origin[0] + i * self.cell_m, self.origin[1] + j * self.cell_m
+        return x0, y0, x0 + self.cell_m, y0 + self.cell_m
+
+
+@dataclass(frozen=True)
+class InventoryCover:
+    """One manhole cover of the city's inventory: a cover of the plan (`name` cover-NN) or one out of view."""
+
+    name: str
+    x: float
+    y: float
+    component_id: str  # 16 digits: county + 01 + 2-digit minor + 6-digit serial (legacy)
+    kind: str
+    missing_with: str | None = None  # the open-manhole incident that replaces it for a while
+    outside_view: bool = False
+
+
+@dataclass(frozen=True)
+class SiteLayers:
+    """The city's layers for one scenario, decided from the plan and the seed alone (never from rendering)."""
+
+    grid: UnitGrid
+    covers: list[InventoryCover]
+
+
+def _along(plan: Plan) -> int:
+    """+1 when camera 1 looks towards +y along the road, -1 when towards -y."""
+    return 1 if math.cos(math.radians(plan.views[0].cam.heading_deg)) >= 0 else -1
+
+
+def _unit_grid(plan: Plan) -> UnitGrid:
+    """The grid: origin offset from the anchor so that a cell border crosses the watched street 12–30 m ahead of
+    camera 1 (incidents fall on both sides) while the road runs 20–80 m inside one column; streets and
+    communities are blocks of cells, numbered from a seed-dependent first street."""
+    rng = _rng(plan.seed, "grid")
+    cam = plan.views[0].cam
+    border_y = cam.y_m + _along(plan) * round(float(rng.uniform(12.0, 30.0)))
+    oy = float(border_y % GRID_CELL_M - GRID_CELL_M)
+    ox = -float(round(float(rng.uniform(20.0, 80.0))))
+    cols = range(math.floor((-GRID_REACH_M - ox) / GRID_CELL_M), math.floor((GRID_REACH_M - ox) / GRID_CELL_M) + 1)
+    rows = range(math.floor((-GRID_REACH_M - oy) / GRID_CELL_M), math.floor((GRID_REACH_M - oy) / GRID_CELL_M) + 1)
+    block = COMMUNITY_CELLS * STREET_COMMUNITIES
+    cells = [(i, j) for j in reversed(rows) for i in cols]  # north to south, west to east: reading order
+    streets = sorted({((i - cols[0]) // block, (rows[-1] - j) // block) for i, j in cells}, key=lambda s: (s[1], s[0]))
+    first = int(rng.integers(1, 20))
+    street_no = {s: first + k for k, s in enumerate(streets)}
+    communities: dict[tuple[int, int], int] = {}
+    serials: dict[tuple[int, int], int] = {}
+    codes: dict[tuple[int, int], tuple[str, str, str]] = {}
+    for i, j in cells:
+        s = ((i - cols[0]) // block, (rows[-1] - j) // block)
+        c = ((i - cols[0]) // COMMUNITY_CELLS, (rows[-1] - j) // COMMUNITY_CELLS)
+        if c not in communities:
+            communities[c] = sum(1 for k in communities if (k[0] // STREET_COMMUNITIES, k[1] // STREET_COMMUNITIES) == s) + 1
+        serials[c] = serials.get(c, 0) + 1
+        street = f"{COUNTY_CODE}{street_no[s]:03d}"
+        community = f"{street}{communities[c]:03d}"
+        codes[(i, j)] = (street, community, f"{community}{serials[c]:03d}")
+    return UnitGrid((ox, oy), GRID_CELL_M, cols, rows, codes)
+
+
+def _inventory(plan: Plan) -> list[InventoryCover]:
+    """Every cover of the plan (also those an open manhole replaces for a while) and 4–6 more 70–220 m beyond
+    the cameras up or down the street, out of their sight, each with a kind (minor code 01..12) and a unique
+    serial."""
+    from ..geo import COVER_KINDS  # the kind names of ../shared/STANDARDS.md, kept in one place
+
+    names = {row[1]: row[0] for row in COVER_KINDS if row[1]}
+    rng = _rng(plan.seed, "inventory")
+    used: set[int] = set()
+
+    def ident() -> tuple[str, str]:
+        minor = int(rng.integers(1, 13))
+        serial = int(rng.integers(1, 1_000_000))
+        while serial in used:
+            serial = int(rng.integers(1, 1_000_000))
+        used.add(serial)
+        return f"{COUNTY_CODE}01{minor:02d}{serial:06d}", names[f"01{minor:02d}"]
+
+    out = []
+    for it in plan.items:
+        if it.role == "cover":
+            cid, kind = ident()
+            out.append(InventoryCover(it.name, it.thing.x, it.thing.y, cid, kind, it.of_incident))
+    scene, along = plan.views[0].scene, _along(plan)
+    half = scene.road_w / 2
+    for k in range(int(rng.integers(4, 7))):
+        cid, kind = ident()
+        side = float(rng.choice([-1.0, 1.0]))
+        if rng.random() < 0.7:
+            x = float(rng.uniform(-half + 0.6, half - 0.6))
+        else:
+            x = side * (half + 0.15 + float(rng.uniform(0.6, scene.pave_w - 0.6)))
+        ahead = rng.random() < 0.5  # beyond the camera furthest along the road, or behind the other one
+        u = float(rng.uniform(70.0, 220.0))
+        y = along * (max(along * v.cam.y_m for v in plan.views) + u if ahead
+                     else min(along * v.cam.y_m for v in plan.views) - u)
+        out.append(InventoryCover(f"inv-{k + 1:02d}", _r(x), _r(y), cid, kind, None, True))
+    return out
+
+
+def site_layers(plan: Plan) -> SiteLayers:
+    """The unit grid and cover inventory of a planned scenario (deterministic from its seed)."""
+    return SiteLayers(_unit_grid(plan), _inventory(plan))
+
+
+def _inside(cam: PoleCamera, x: float, y: float, margin: float) -> tuple[float, float] | None:
+    """Pixel of a ground point when it lies in the image, `margin` (a share of the size) clear of the edges."""
+    uv, z = cam.project(np.array([[x, y, 0.0]]))
+    u, v = float(uv[0, 0]), float(uv[0, 1])
+    mu, mv = margin * cam.width, margin * cam.height
+    if z[0] < 1.0 or not (mu <= u <= cam.width - mu and mv <= v <= cam.height - mv):
+        return None
+    return u, v
+
+
+def control_points(plan: Plan) -> list[dict]:
+    """Camera 1's surveyed control points: one per (road side x distance band 8–16, 16–24, 24–32, 32–40 m), so
+    they spread over the street the camera watches and never lie on one line; `image` is the true projection
+    plus ~0.7 px picking noise, `ground` the true local metres plus ~3 cm survey noise."""
+    view = plan.views[0]
+    cam, scene = view.cam, view.scene
+    rng = _rng(plan.seed, "survey")
+    along = _along(plan)
+    reach = scene.road_w / 2 + 0.15 + scene.pave_w - 0.3  # back of the pavement
+    bands = [(8.0, 16.0), (16.0, 24.0), (24.0, 32.0), (32.0, 40.0)]
+    strata = [(side, band) for band in bands for side in (-1.0, 1.0)]
+    strata += [(float(rng.choice([-1.0, 1.0])), (8.0, 40.0)) for _ in range(4 * N_CONTROL_POINTS)]  # fill-ins
+    truth: list[tuple[float, float, float, float]] = []
+    for side, (lo, hi) in strata:
+        if len(truth) == N_CONTROL_POINTS:
+            break
+        for _ in range(200):
+            d, x = float(rng.uniform(lo, hi)), side * float(rng.uniform(0.3, reach))
+            dy2 = d * d - (x - cam.x_m) ** 2
+            if dy2 <= 0:
+                continue
+            y = cam.y_m + along * math.sqrt(dy2)
+            uv = _inside(cam, x, y, 0.03)
+            if uv is not None and all(math.hypot(x - p[0], y - p[1]) >= 3.0 for p in truth):
+                truth.append((x, y, *uv))
+                break
+    if len(truth) < N_CONTROL_POINTS:
+        raise RuntimeError(f"scenario {plan.seed}: only {len(truth)} control points fit camera 1's view")
+    pts = []
+    for k, (x, y, u, v) in enumerate(truth):
+        du, dv = rng.normal(0.0, SURVEY_PX, 2)
+        dx, dy = rng.normal(0.0, SURVEY_M, 2)
+        u = min(max(u + float(du), 0.0), cam.width - 0.1)
+        v = min(max(v + float(dv), 0.0), cam.height - 0.1)
+        pts.append({"name": f"P{k + 1}", "image": [_r(u, 1), _r(v, 1)], "ground": [_r(x + dx), _r(y + dy)]})
+    return pts
+
+
+def datasheet_pose(cam: PoleCamera) -> dict:
+    """A camera's pose as an installer would enter it: the true position and angles, intrinsics from the
+    datasheet (horizontal field of view to 0.1°, principal point at the image centre)."""
+    hfov = round(math.degrees(2 * math.atan(cam.width / 2 / cam.fx)), 1)
+    f = _r(cam.width / 2 / math.tan(math.radians(hfov) / 2), 1)
+    return {"width": int(cam.width), "height": int(cam.height), "fx": f, "fy": f, "cx": _r(cam.width / 2, 1),
+            "cy": _r(cam.height / 2, 1), "height_m": _r(cam.height_m), "tilt_deg": _r(cam.tilt_deg, 2),
+            "heading_deg": _r(cam.heading_deg, 2), "x_m": _r(cam.x_m), "y_m": _r(cam.y_m)}
+
+
+def site_dict(plan: Plan) -> dict:
+    """site.yaml's content: camera 1 calibrated by control points, camera 2 (if any) by its pose."""
+    cams = []
+    for n, view in enumerate(plan.views):
+        anchor = {"lon": float(plan.anchor["lon"]), "lat": float(plan.anchor["lat"])}  # one each: no YAML alias
+        if n == 0:
+            calib = {"anchor": anchor, "points": control_points(plan),
+                     "image_size": [int(view.cam.width), int(view.cam.height)]}
+        else:
+            calib = {"anchor": anchor, "pose": datasheet_pose(view.cam)}
+        cams.append({"id": view.name, "url": f"{view.name}.mp4", "rules": f"rules/{view.name}.yaml",
+                     "scan_interval_s": 2.0, "calibration": calib})
+    return {"edge_id": f"synth-{plan.seed}", "admin_code": COUNTY_CODE, "state_dir": "var",
+            "geo": {"grid_layer": GRID_FILE, "inventory": INVENTORY_FILE}, "cameras": cams}
+
+
+def grids_geojson(plan: Plan, grid: UnitGrid) -> dict:
+    """The unit-grid layer: one lon/lat Polygon per cell (counter-clockwise ring, RFC 7946)."""
+    feats = []
+    for j in reversed(grid.rows):
+        for i in grid.cols:
+            x0, y0, x1, y1 = grid.bounds(i, j)
+            ring = [list(_lonlat(x, y, plan.anchor)) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
+            street, community, code = grid.codes[(i, j)]
+            feats.append({"type": "Feature", "properties": {"grid_code": code, "street_code": street,
+                                                            "community_code": community},
+                          "geometry": {"type": "Polygon", "coordinates": [ring]}})
+    return {"type": "FeatureCollection", "features": feats}
+
+
+def covers_geojson(plan: Plan, covers: list[InventoryCover]) -> dict:
+    """The manhole-cover inventory: one lon/lat Point per cover with its component id and kind."""
+    return {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"component_id": c.component_id, "kind": c.kind},
+         "geometry": {"type": "Point", "coordinates": list(_lonlat(c.x, c.y, plan.anchor))}} for c in covers]}
+
+
+_SITE_HEADER = """\
+# Synthetic site of scenario seed {seed}, written by `synth-scenario` beside its clips and truth.json
+# (regenerated with them: edit a copy). cam1 is calibrated by {n} surveyed control points (picking noise
+# ~{px} px, survey noise ~{cm:.0f} cm){cam2}.
+# {grid}: the unit-grid layer (100 m cells); {inv}: the manhole-cover inventory.
+# Replay and score it (paths: this folder's):
+#   python run_edge.py replay --site site.yaml --events-out events.jsonl -q
+#   python run_edge.py score --truth truth.json --events events.jsonl
+"""
+_RULES_HEADER = """\
+# Rules of {cam} in synthetic scenario {seed}: the demo camera's persistence and resolve settings; no zones and
+# no per-class areas, so far incidents reach the vote.
+"""
+
+
+def _yaml(data: dict) -> str:
+    import yaml  # only the site writer needs it
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=None, width=120)
+
+
+def _geojson(data: dict) -> str:
+    return json.dumps(data, ensure_ascii=False, indent=1) + "\n"
+
+
+def write_site(out: Path, plan: Plan, layers: SiteLayers | None = None) -> Path:
+    """Write a ready-to-run site beside the clips: site.yaml, rules/camN.yaml, grids.geojson and
+    covers.geojson (all paths relative to site.yaml, so `replay --site out/site.yaml` runs as is). Depends on
+    the plan only, so the same seed gives byte-identical files. Returns the site file's path."""
+    out = Path(out)
+    layers = layers or site_layers(plan)
+    (out / "rules").mkdir(parents=True, exist_ok=True)
+    cam2 = ";\n# cam2 by its installed pose (datasheet intrinsics)" if len(plan.views) > 1 else ""
+    head = _SITE_HEADER.format(seed=plan.seed, n=N_CONTROL_POINTS, px=SURVEY_PX, cm=SURVEY_M * 100, cam2=cam2,
+                               grid=GRID_FILE, inv=INVENTORY_FILE)
+    for view in plan.views:
+        rules = {"camera": view.name, **SCENARIO_RULES}
+        (out / "rules" / f"{view.name}.yaml").write_text(_RULES_HEADER.format(cam=view.name, seed=plan.seed)
+                                                         + _yaml(rules), encoding="utf-8")
+    (out / GRID_FILE).write_text(_geojson(grids_geojson(plan, layers.grid)), encoding="utf-8")
+    (out / INVENTORY_FILE).write_text(_geojson(covers_geojson(plan, layers.covers)), encoding="utf-8")
+    path = out / SITE_FILE
+    path.write_text(head + _yaml(site_dict(plan)), encoding="utf-8")
+    return path
 
 
 def write_scenario(out: Path, seed: int, minutes: float, cameras: int = 1, fps: float = 5.0, width: int = 1280,
                    height: int = 720, progress: Callable[[int, int], None] | None = None) -> Path:
-    """Render `minutes` of one street seen by `cameras` (1 or 2) pole cameras into `out/camN.mp4` (H.264) and
-    write `out/truth.json` (times in media seconds); returns the truth path. Deterministic: the same
-    arguments give byte-identical files. `progress(done, total)` is called after every frame."""
+    """Render `minutes` of one street seen by `cameras` (1 or 2) pole cameras into `out/camN.mp4` (H.264), write
+    the ready-to-run site beside them (`write_site`) and `out/truth.json` (times in media seconds, with grid
+    codes and component ids); returns the truth path. Deterministic: the same arguments give byte-identical
+    files. `progress(done, total)` is called after every frame."""
     if cameras not in (1, 2):
         raise ValueError(f"cameras must be 1 or 2, got {cameras}")
     if minutes <= 0 or fps <= 0:
@@ -653,8 +943,10 @@ def write_scenario(out: Path, seed: int, minutes: float, cameras: int = 1, fps: 
     for n, view in enumerate(plan.views):
         plan.occlusions += video.render_camera(plan, view, out / f"{view.name}.mp4", progress, n * plan.n_frames,
                                                total)
+    layers = site_layers(plan)
+    write_site(out, plan, layers)
     path = out / "truth.json"
-    path.write_text(json.dumps(_truth(plan), indent=2) + "\n")
+    path.write_text(json.dumps(_truth(plan, layers), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     log.info("scenario %s: %d frames x %d cameras in %.1f s", out, plan.n_frames, len(plan.views),
              time.monotonic() - t0)
     return path
