@@ -148,8 +148,10 @@ class EdgeApp:
 
     def __init__(self, loaded: Loaded, *, replay: bool = False, events_out: Path | None = None,
                  state_dir: Path | None = None, on_event: Callable[[IncidentEvent], None] | None = None,
-                 max_media_s: float | None = None, speed: float | None = None, ts_offset: float = 0.0) -> None:
-        """`speed`: pace file cameras at this multiple of real time (the demo); None = as fast as possible."""
+                 max_media_s: float | None = None, speed: float | None = None, ts_offset: float = 0.0,
+                 min_media_s: float | None = None) -> None:
+        """`speed`: pace file cameras at this multiple of real time (the demo); None = as fast as possible.
+        `min_media_s`/`max_media_s` bound a replay, so a test can stop one and resume it on the same state."""
         self.L = loaded
         self.speed = speed
         self.ts_offset = ts_offset  # replay: media second 0 is this epoch time (messages then carry real dates)
@@ -157,6 +159,7 @@ class EdgeApp:
         self.events_out = events_out
         self.on_event = on_event
         self.max_media_s = max_media_s
+        self.min_media_s = min_media_s
         self.stop_event = threading.Event()
         self.summary = Summary(cameras=len(loaded.cameras))
         site = loaded.site
@@ -252,6 +255,8 @@ class EdgeApp:
         for _, _, _, f in heapq.merge(*iters, key=lambda x: (x[0], x[1], x[2])):
             if self.max_media_s is not None and f.ts > self.max_media_s:
                 break
+            if self.min_media_s is not None and f.ts <= self.min_media_s:
+                continue
             yield f
 
     # ------------------------------------------------------------------ lifecycle

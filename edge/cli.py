@@ -178,6 +178,19 @@ def cmd_check(a: argparse.Namespace) -> int:
         return 2
     print(f"{a.site}: OK — edge {loaded.site.edge_id}, {len(loaded.cameras)} camera(s), model "
           f"{loaded.detector.manifest.name} {loaded.detector.manifest.version} ({len(loaded.detector.class_names)} classes)")
+    loc = loaded.locator
+    for cam in loaded.cameras:
+        gm = loc.maps.get(cam.id)
+        if gm is None:
+            print(f"  {cam.id}: no ground calibration — incidents carry no lon/lat and merge by image box only")
+        elif gm.source == "points":
+            print(f"  {cam.id}: {len(gm.point_names)} control points, residual RMS {gm.rms_m:.2f} m, max "
+                  f"{gm.max_residual_m:.2f} m (picture: run_edge.py calibrate --camera {cam.id})")
+        else:
+            print(f"  {cam.id}: calibrated by its pose (no surveyed points; assumed error {gm.sigma_m:.1f} m)")
+    if loc.grid is not None or loc.inventory is not None:
+        print(f"  geo: {len(loc.grid) if loc.grid is not None else 0} unit-grid cells, "
+              f"{len(loc.inventory) if loc.inventory is not None else 0} inventory covers")
     return 0
 
 

@@ -80,6 +80,7 @@ class Track:
     ground: np.ndarray | None = None  # refined site-local position (metres)
     ground_w: float = 0.0  # sum of the weights (1/accuracy²) behind `ground`
     accuracy_m: float | None = None  # best single-sighting uncertainty
+    evidence_dirty: bool = False  # evidence changed since it was last written to the state file
 
     @property
     def is_open(self) -> bool:
@@ -87,11 +88,35 @@ class Track:
 
 
 Evidence = Callable[[np.ndarray, np.ndarray, str, float], bytes]
-_COLUMNS = {"ground_x": "REAL", "ground_y": "REAL", "ground_w": "REAL", "accuracy_m": "REAL", "boxes": "TEXT"}
+_COLUMNS = {"ground_x": "REAL", "ground_y": "REAL", "ground_w": "REAL", "accuracy_m": "REAL", "boxes": "TEXT",
+            "evidence": "BLOB"}
 
 
 def _box_json(b: np.ndarray) -> list[float]:
     return [round(float(v), 2) for v in b]
+
+
+def _track_state(t: Track) -> dict:
+    """Everything of a track a restart needs to carry on exactly where it stopped (evidence aside)."""
+    return {"key": t.key, "camera_id": t.camera_id, "class_id": t.class_id, "box": _box_json(t.box),
+            "first_ts": t.first_ts, "last_seen": t.last_seen,
+            "votes": {c: [[ts, int(seen)] for ts, seen in v] for c, v in t.votes.items()},
+            "boxes": {c: _box_json(b) for c, b in t.boxes.items()}, "best_conf": t.best_conf,
+            "best_box": None if t.best_box is None else _box_json(t.best_box), "zone": t.zone,
+            "incident_id": t.incident_id, "opened_ts": t.opened_ts, "last_update": t.last_update, "seq": t.seq,
+            "image_size": list(t.image_size), "ground": None if t.ground is None else [float(v) for v in t.ground],
+            "ground_w": t.ground_w, "accuracy_m": t.accuracy_m}
+
+
+def _track_from(d: dict) -> Track:
+    arr = lambda v: None if v is None else np.array(v, np.float32)  # noqa: E731
+    return Track(d["key"], d["camera_id"], d["class_id"], arr(d["box"]), d["first_ts"], d["last_seen"],
+                 votes={c: deque(((ts, bool(s)) for ts, s in v), maxlen=512) for c, v in d["votes"].items()},
+                 boxes={c: arr(b) for c, b in d["boxes"].items()}, best_conf=d["best_conf"], best_box=arr(d["best_box"]),
+                 zone=d["zone"], incident_id=d["incident_id"], opened_ts=d["opened_ts"], last_update=d["last_update"],
+                 seq=d["seq"], image_size=tuple(d["image_size"]),
+                 ground=None if d["ground"] is None else np.array(d["ground"], np.float64), ground_w=d["ground_w"],
+                 accuracy_m=d["accuracy_m"])
 
 
 class IncidentBook:
@@ -134,6 +159,20 @@ class IncidentBook:
 
     # ---------------------------------------------------------------- persistence
     def _load(self) -> None:
+        """Restore the book as the last committed scan left it: candidates and their votes too, so a restart
+        mid-vote opens the incident exactly when an uninterrupted run would. State files without a snapshot
+        (older versions) restore the open incidents only."""
+        snap = self._conn.execute("SELECT v FROM meta WHERE k='tracks'").fetchone()
+        if snap is not None:
+            self._tracks = [_track_from(d) for d in json.loads(snap[0])]
+            self._next_key = max((t.key for t in self._tracks), default=0)
+            ev = dict(self._conn.execute("SELECT incident_id, evidence FROM incidents WHERE state='open'").fetchall())
+            for t in self._tracks:
+                t.evidence = ev.get(t.incident_id) if t.is_open else None
+            if self._tracks:
+                log.info("restored %d open incidents and %d candidates", sum(t.is_open for t in self._tracks),
+                         sum(not t.is_open for t in self._tracks))
+            return
         rows = self._conn.execute("SELECT incident_id, camera_id, class_id, box, first_ts, opened_ts, last_seen, "
                                   "last_update, best_conf, zone, seq, image_w, image_h, ground_x, ground_y, ground_w, "
                                   "accuracy_m, boxes FROM incidents WHERE state='open'").fetchall()
@@ -158,12 +197,13 @@ class IncidentBook:
         g = t.ground if t.ground is not None else (None, None)
         self._conn.execute(
             "INSERT OR REPLACE INTO incidents (incident_id, camera_id, class_id, box, first_ts, opened_ts, last_seen, "
-            "last_update, best_conf, zone, seq, image_w, image_h, state, ground_x, ground_y, ground_w, accuracy_m, boxes) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "last_update, best_conf, zone, seq, image_w, image_h, state, ground_x, ground_y, ground_w, accuracy_m, boxes, "
+            "evidence) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (t.incident_id, t.camera_id, t.class_id, json.dumps(_box_json(t.box)), t.first_ts, t.opened_ts, t.last_seen,
              t.last_update, t.best_conf, t.zone, t.seq, t.image_size[0], t.image_size[1], state,
              None if g[0] is None else float(g[0]), None if g[1] is None else float(g[1]), t.ground_w, t.accuracy_m,
-             json.dumps({k: _box_json(v) for k, v in t.boxes.items()})))
+             json.dumps({k: _box_json(v) for k, v in t.boxes.items()}), t.evidence if state == "open" else None))
+        t.evidence_dirty = False
 
     def _key(self) -> int:
         self._next_key += 1
@@ -249,6 +289,7 @@ class IncidentBook:
                 t.zone = zone
             if image is not None and self.evidence is not None:
                 t.evidence = self.evidence(image, box, self.class_names[t.class_id], conf)
+                t.evidence_dirty = True
         t.box = t.boxes[t.camera_id]
 
     def _watches(self, t: Track, camera_id: str) -> bool:
@@ -269,6 +310,11 @@ class IncidentBook:
                         "UPDATE incidents SET last_seen=?, box=?, ground_x=?, ground_y=?, ground_w=? WHERE incident_id=?",
                         (t.last_seen, json.dumps(_box_json(t.box)), None if g[0] is None else float(g[0]),
                          None if g[1] is None else float(g[1]), t.ground_w, t.incident_id))
+                    if t.evidence_dirty:
+                        self._conn.execute("UPDATE incidents SET evidence=? WHERE incident_id=?", (t.evidence, t.incident_id))
+                        t.evidence_dirty = False
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('tracks', ?)",
+                               (json.dumps([_track_state(t) for t in tracks]),))
             if events and self.sink is not None:
                 self.sink.write_events(self._conn, events)
             self._conn.execute("COMMIT")

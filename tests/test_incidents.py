@@ -183,3 +183,32 @@ def test_restart_matches_the_restored_incident_by_place_from_another_camera(tmp_
         ev += scan(second, "b", 2.0 * k, [(10.5, 3.2)] if k < 25 else [])
     assert [e.event for e in ev] == ["opened", "resolved"], [(e.event, e.camera_id) for e in ev]
     assert ev[0].incident_id == ev[1].incident_id
+
+
+def test_restart_mid_vote_opens_exactly_when_an_uninterrupted_run_does(tmp_path):
+    """Candidates and their votes survive a restart: the incident opens at the same scan, with the same ids."""
+    def go(book, k0, k1):
+        ev = []
+        for k in range(k0, k1):
+            ev += scan(book, "a", 2.0 * k, [(10, 3)] if 3 <= k < 30 else [])
+        return ev
+
+    ref = go(IncidentBook(str(tmp_path / "ref.db"), "edge1", NAMES, RULES2, ListSink(), places=FakePlaces()), 0, 60)
+    db = str(tmp_path / "s.db")
+    evidence = lambda img, box, name, conf: f"{name}:{conf:.2f}".encode()  # noqa: E731
+    first = IncidentBook(db, "edge1", NAMES, RULES2, ListSink(), places=FakePlaces(), evidence=evidence)
+    got = go(first, 0, 5)  # two sightings: a candidate, not yet an incident
+    first.close()
+    second = IncidentBook(db, "edge1", NAMES, RULES2, ListSink(), places=FakePlaces(), evidence=evidence)
+    got += go(second, 5, 60)
+    assert [(e.event, e.ts, e.message_id) for e in got] == [(e.event, e.ts, e.message_id) for e in ref]
+    third = IncidentBook(db, "edge1", NAMES, RULES2, ListSink(), places=FakePlaces(), evidence=evidence)
+    assert third.open_incidents() == []  # resolved before the last stop: nothing comes back
+    # an open incident's evidence survives a restart, so its next `updated` still carries a picture
+    db2 = str(tmp_path / "s2.db")
+    b = IncidentBook(db2, "edge1", NAMES, RULES2, ListSink(), places=FakePlaces(), evidence=evidence)
+    for k in range(6):
+        scan(b, "a", 2.0 * k, [(10, 3)])
+    b.close()
+    restored = IncidentBook(db2, "edge1", NAMES, RULES2, ListSink(), places=FakePlaces(), evidence=evidence)
+    assert [t.evidence for t in restored.open_incidents()] == [b"ponding:0.80"]
