@@ -36,7 +36,6 @@ def test_a_restart_during_the_scenario_changes_no_score(tmp_path):
     assert opened, "nothing reported: the restart would be tested on nothing"
     assert all(m["lon"] is not None and m.get("grid_code") for m in opened)  # the demo camera is calibrated
     # stop at a moment when an incident is open and another may be mid-vote, then start again on the same state
-
     t_cut = parse_time(opened[0]["observed_at"]) + 4.0
     first = run(tmp_path, rp, tmp_path / "b", hi=t_cut)
     second = run(tmp_path, rp, tmp_path / "b", lo=t_cut)
