@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from secret_watch import pytest_configure, pytest_sessionfinish, pytest_terminal_summary  # noqa: F401 (hooks)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = ROOT / "models" / "cityops_det_n416.onnx"
