@@ -194,6 +194,42 @@ def cmd_check(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outbox(a: argparse.Namespace) -> int:
+    """An operator's view of the outbox; safe while the runtime runs (SQLite WAL, short transactions)."""
+    import time
+
+    from .app import resolve
+    from .config import ConfigError, load_site
+    from .outbox import Outbox
+
+    if a.db:
+        db = Path(a.db)
+    else:
+        try:
+            site = load_site(Path(a.site))
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        db = resolve(site.state_dir, Path(a.site).resolve().parent) / f"{site.edge_id}.sqlite"
+    if not db.exists():
+        print(f"error: no outbox at {db} (has the runtime run with this site?)", file=sys.stderr)
+        return 2
+    with Outbox(db) as ob:
+        if a.requeue:
+            print(f"{ob.requeue_set_aside()} message(s) put back in the queue")
+        oldest = ob.oldest_created_at()
+        print(f"{db}: {ob.pending_count()} message(s) waiting for the broker"
+              + (f", the oldest {time.time() - oldest:.0f} s old" if oldest else ""))
+        print(f"dropped by the limits: {ob.drop_counts() or 'none'}")
+        rows = ob.set_aside_rows()
+        print(f"refused by the broker and set aside: {len(rows)}")
+        for rid, topic, reason in rows[:20]:
+            print(f"  #{rid} {topic}: {reason}")
+        if len(rows) > 20:
+            print(f"  … and {len(rows) - 20} more")
+    return 0
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     if a.site is None:
         from .demo import run_demo
@@ -247,6 +283,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export-schema", help="write the JSON Schemas of site and rule files (for editors)")
     s.add_argument("--out", default=str(ROOT / "streams"))
     s.set_defaults(func=cmd_export_schema)
+
+    from .intake.cli import add_intake_parser
+
+    add_intake_parser(sub)
+
+    s = sub.add_parser("outbox", help="what waits for the broker, what the limits dropped, what the broker refused")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--site", help="the site file (its state_dir and edge id name the outbox)")
+    g.add_argument("--db", help="the outbox SQLite file itself")
+    s.add_argument("--requeue", action="store_true", help="put the messages the broker refused back in the queue "
+                   "(after fixing the broker's ACL)")
+    s.set_defaults(func=cmd_outbox)
 
     s = sub.add_parser("check", help="validate a whole site: files, model, zones, classes")
     s.add_argument("--site", default=str(ROOT / "streams" / "demo.yaml"))

@@ -8,9 +8,15 @@
 
 Delivery rules:
 - A row leaves the outbox only after the broker's PUBACK. With MQTT v5 a PUBACK can carry a failure
-  reason (0x87 not authorised: an ACL denies the topic); that row is **not** delivered: it stays, the
-  problem is logged once, and the sender backs off and retries (the head of the queue waits, so order
-  is kept). MQTT 3.1.1 cannot say so — a broker acknowledges a denied publish and drops it — so prefer v5.
+  reason (0x87 not authorised: an ACL denies the topic); that row is **not** delivered: the problem is
+  logged once and the sender backs off and retries (the head of the queue waits, so order is kept). A
+  refusal that cannot heal by itself (0x87 not authorised, 0x90 topic name invalid, 0x95 packet too large,
+  0x99 payload format invalid) is retried `refusals_before_set_aside` times, then the row is moved to the
+  outbox's `set_aside` table with the reason (kept, counted in the edge status, re-queued by
+  `run_edge.py outbox --requeue`), so one bad row cannot stall every camera behind it. MQTT 3.1.1 cannot
+  say so — a broker acknowledges a denied publish and drops it — so prefer v5.
+- About once a second the sender applies the outbox limits (`Outbox.prune`, the drop policy is there);
+  when something was dropped or set aside, a fresh retained edge status carries the counts.
 - The sender publishes up to `window` rows, then waits for their acknowledgements in order. If the
   connection drops meanwhile, paho keeps those messages and re-sends them (DUP) after reconnecting;
   the sender keeps waiting for *those* acks rather than publishing the rows again.
@@ -29,20 +35,24 @@ Connection:
   connect. `stop()` flushes, publishes a retained `offline` (reason "stopped") itself and disconnects
   cleanly, so the broker discards the LWT; if that last publish cannot be confirmed, a v5 client
   disconnects with reason 0x04 so the broker sends the LWT instead.
-- A refused connection (bad credentials, CONNACK failure) or an unreachable broker is logged once as one
+- A refused connection (bad credentials, CONNACK failure), a failed TLS handshake (the broker's certificate
+  is not signed by `tls_ca`, or does not name the host) or an unreachable broker is logged once as one
   line naming host:port and the reason — never the password — and `connected` stays False; paho
-  retries with exponential backoff (`reconnect_delay`).
+  retries with exponential backoff (`reconnect_delay`). `refused` reports the first two: configuration
+  errors an operator must fix, not network blips.
 """
 from __future__ import annotations
 
 import logging
 import os
+import ssl
+import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -67,6 +77,12 @@ class PublisherStats:
     connected: bool
     rejected: int  # PUBACKs with a failure reason code (rows kept, retried)
     last_error: str | None  # the last connection / delivery problem, None once it cleared
+    set_aside: int = 0  # rows the broker refused for good, moved out of the queue (outbox, persistent)
+    dropped: dict[str, int] | None = None  # rows dropped by the outbox limits, by kind (persistent)
+
+
+# PUBACK reasons that retrying cannot fix: the broker's configuration or the message itself must change
+_PERMANENT = {0x87, 0x90, 0x95, 0x99}
 
 
 def broker_credentials(broker: Broker, edge_id: str) -> tuple[str | None, str | None]:
@@ -90,6 +106,12 @@ def broker_credentials(broker: Broker, edge_id: str) -> tuple[str | None, str | 
         password = read_secret_file(Path(broker.password_file), "broker.password_file")
     if password is not None and user is None:
         user = edge_id
+    if user is not None and user != edge_id:
+        # the production ACL (broker_config/acl) grants topics by user name (%u): another name publishes
+        # under someone else's prefix, or nowhere
+        logger.warning("broker user name %r is not the edge id %r: the broker's ACL grants cityops/<user>/..., so "
+                       "this box's messages (cityops/%s/...) will be refused unless the ACL was changed", user,
+                       edge_id, edge_id)
     return user, password
 
 
@@ -115,6 +137,8 @@ class Publisher:
         session_expiry_s: int = 86_400,
         reconnect_delay: tuple[float, float] = (1.0, 30.0),
         retry_delay: tuple[float, float] = (1.0, 60.0),
+        on_command: Callable[[str, bytes], None] | None = None,
+        refusals_before_set_aside: int = 3,
     ):
         """
         Args:
@@ -124,6 +148,10 @@ class Publisher:
                 away. Longer survives longer outages, but keeps stale commands.
             reconnect_delay: (first, max) seconds between connection attempts, doubling.
             retry_delay: (first, max) seconds before re-sending a message the broker rejected, doubling.
+            refusals_before_set_aside: permanent refusals (0x87, 0x90, 0x95, 0x99) of one row before it is set aside.
+            on_command: called as `on_command(command, payload)` for each message on this box's command topics
+                (`{prefix}/{edge_id}/cmd/{command}`, subscribed QoS 1 on every connect). It runs on paho's network
+                thread: hand the work to another thread and return at once.
         """
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -165,6 +193,9 @@ class Publisher:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._on_command = on_command
+        if on_command is not None:
+            self._client.on_message = self._on_message
 
         self._connected = threading.Event()
         self._stop = threading.Event()
@@ -175,6 +206,9 @@ class Publisher:
         self._rejected_topics: set[str] = set()
         self._acked = 0
         self._rejected = 0
+        self._refusals: dict[int, int] = {}  # outbox id → permanent refusals so far
+        self._max_refusals = max(1, refusals_before_set_aside)
+        self._counts_published: tuple[int, dict[str, int]] | None = None  # what the last edge status said
         self._last_error: str | None = None
         self._inflight: deque[tuple[OutboxRow, int]] = deque()  # (row, mid) handed to paho, oldest first
         self._started = False
@@ -185,6 +219,7 @@ class Publisher:
         if self._started:
             raise RuntimeError("Publisher is single use: start() was already called")
         self._started = True
+        self._outbox.prune()
         logger.info("connecting to MQTT broker %s as %s (MQTT %s%s), %d messages pending", self.endpoint,
                     self._client_id, self.broker.protocol, ", TLS" if self.broker.tls_ca or self.broker.tls_cert
                     else "", self._outbox.pending_count())
@@ -251,6 +286,7 @@ class Publisher:
 
     def stats(self) -> PublisherStats:
         return PublisherStats(acked=self._acked, pending=self._outbox.pending_count(),
+                              set_aside=len(self._outbox.set_aside_rows()), dropped=self._outbox.drop_counts(),
                               connected=self._connected.is_set(), rejected=self._rejected,
                               last_error=self._last_error)
 
@@ -267,8 +303,13 @@ class Publisher:
         last_id = 0  # highest outbox id handed to paho; the next fill reads after it
         rejected = False  # a row was refused: stop filling, let the window empty, back off, restart from it
         delay = self._retry_delay[0]
+        next_prune = time.monotonic() + 1.0
         while not self._stop.is_set():
             try:
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + 1.0
+                    self._outbox.prune()
+                    self._publish_counts_if_changed()
                 if not rejected and len(inflight) < self._window and self._connected.is_set():
                     for row in self._outbox.next_batch(self._window - len(inflight), after_id=last_id):
                         if not self._connected.is_set():
@@ -296,8 +337,13 @@ class Publisher:
                         continue  # not yet (reconnecting, or a slow link): refill if there is room, check stop
                 inflight.popleft()
                 if reason.is_failure:
-                    rejected = True
                     self._rejected += 1
+                    if reason.value in _PERMANENT:
+                        self._refusals[row.id] = self._refusals.get(row.id, 0) + 1
+                        if self._refusals[row.id] >= self._max_refusals:
+                            self._set_aside(row, reason)
+                            continue  # the rows behind it go on
+                    rejected = True
                     self._reject(row, reason)
                     continue
                 done.append(row.id)
@@ -332,6 +378,35 @@ class Publisher:
             logger.error(text)
         else:
             logger.debug(text)
+
+    def _set_aside(self, row: OutboxRow, reason: ReasonCode) -> None:
+        text = (f"MQTT broker {self.endpoint} refused the publish to {row.topic} {self._refusals.get(row.id, 1)} times: "
+                f"{reason} (reason code 0x{reason.value:02X}); set aside in the outbox (python run_edge.py outbox "
+                "--requeue puts it back)" + (f" — check the broker ACL for user {self._user!r}" if reason.value == 0x87
+                                             else ""))
+        self._refusals.pop(row.id, None)
+        self._outbox.set_aside(row.id, f"0x{reason.value:02X} {reason}")
+        self._last_error = text
+        logger.error(text)
+        self._publish_counts_if_changed()
+
+    def _outbox_counts(self) -> tuple[int, dict[str, int]]:
+        return len(self._outbox.set_aside_rows()), self._outbox.drop_counts()
+
+    def _status(self) -> dict[str, Any]:
+        """The retained `online` edge status, with the outbox's drop and set-aside counts when there are any."""
+        msg = edge_status_message(self.edge_id, "online", ts=time.time(), utc_offset=self._utc_offset)
+        set_aside, dropped = self._counts_published = self._outbox_counts()
+        if set_aside or dropped:
+            msg["outbox"] = {"dropped": dropped, "set_aside": set_aside}
+        return msg
+
+    def _publish_counts_if_changed(self) -> None:
+        """A fresh retained status when a drop or a set-aside changed the counts (the centre watches them)."""
+        if self._connected.is_set() and self._outbox_counts() != self._counts_published:
+            info = self._client.publish(self.topics.status, encode_message(self._status()), qos=1, retain=True)
+            with self._ack_cond:
+                self._ignore_mids.add(info.mid)
 
     def _take_ack(self, mid: int) -> ReasonCode | None:
         with self._ack_cond:
@@ -375,10 +450,11 @@ class Publisher:
             logger.info("connected to MQTT broker %s (session present: %s)", self.endpoint, flags.session_present)
         self._problem = None
         self._last_error = None
-        info = client.publish(self.topics.status, encode_message(edge_status_message(
-            self.edge_id, "online", ts=time.time(), utc_offset=self._utc_offset)), qos=1, retain=True)
+        info = client.publish(self.topics.status, encode_message(self._status()), qos=1, retain=True)
         with self._ack_cond:  # its PUBACK is handled later on this same thread: no race
             self._ignore_mids.add(info.mid)
+        if self._on_command is not None:  # the session may keep it, but a broker restart without persistence may not
+            client.subscribe(self.topics.cmd_filter, qos=1)
         self._connected.set()
 
     def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
@@ -391,6 +467,19 @@ class Publisher:
         _paho_logger.log(py_level, text)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError:` block, so the exception is still in flight here
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            self._report("refused:tls", logging.ERROR,
+                         f"TLS handshake with MQTT broker {self.endpoint} failed: the broker's certificate was not "
+                         f"accepted ({exc.verify_message}) — check broker.tls_ca (the CA that signed the broker's "
+                         "certificate) and that broker.host is a name in that certificate; retrying with backoff")
+            return
+        if isinstance(exc, ssl.SSLError):
+            self._report("refused:tls", logging.ERROR,
+                         f"TLS handshake with MQTT broker {self.endpoint} failed: {exc.reason or exc} — is this a TLS "
+                         "listener, and do broker.tls_cert / tls_key match what it requires? retrying with backoff")
+            return
         self._report("unreachable", logging.WARNING,
                      f"cannot connect to MQTT broker {self.endpoint} (no listener, or network down); "
                      "retrying with backoff; messages stay in the outbox")
@@ -416,3 +505,12 @@ class Publisher:
             self._acks[mid] = reason
             self._ack_cond.notify_all()
 
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        command = self.topics.command_of(msg.topic)
+        if command is None or self._on_command is None:
+            logger.debug("ignoring a message on %s (not one of our command topics)", msg.topic)
+            return
+        try:
+            self._on_command(command, bytes(msg.payload))
+        except Exception:  # a handler bug must not kill paho's network thread
+            logger.exception("command %r: handler failed", command)

@@ -71,6 +71,8 @@ def errors(schema: dict[str, Any], inst: Any, root: dict[str, Any] | None = None
                 out += errors(props[k], v, root, f"{path}/{k}")
             elif schema.get("additionalProperties") is False:
                 out.append(f"{where}: additional property {k!r}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                out += errors(schema["additionalProperties"], v, root, f"{path}/{k}")
     if isinstance(inst, str):
         if "pattern" in schema and not re.search(schema["pattern"], inst):
             out.append(f"{where}: {inst!r} does not match {schema['pattern']}")

@@ -5,13 +5,14 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from contextlib import nullcontext as does_not_raise
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edge.outbox import Outbox, enqueue
+from edge.outbox import Outbox, OutboxLimits, enqueue
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,3 +168,92 @@ def test_enqueue_commits_with_the_callers_transaction(tmp_path: Path) -> None:
         enqueue(book, [("t/#", b"x")])
     book.close()
     ob.close()
+
+
+# ------------------------------------------------------------------------------------ limits and drop policy
+def _event(kind: str, n: int, pad: int = 0) -> tuple[str, bytes]:
+    return ("cityops/e1/incident/cam0", f'{{"message_id":"m{n}","event":"{kind}","x":"{"A" * pad}"}}'.encode())
+
+
+def _fill(ob: Outbox) -> dict[str, list[int]]:
+    """3 opened, 4 updated, 2 evidence, 1 resolved, 2 statuses (retained, different topics), interleaved."""
+    ids: dict[str, list[int]] = {"opened": [], "updated": [], "resolved": [], "evidence": [], "status": []}
+    plan = ["opened", "updated", "evidence", "updated", "opened", "status", "updated", "resolved", "evidence",
+            "updated", "opened", "status"]
+    for n, kind in enumerate(plan):
+        if kind == "evidence":
+            item: tuple[str, bytes] | tuple[str, bytes, int, bool] = (f"cityops/e1/evidence/i{n}", b"\xff\xd8jpeg")
+        elif kind == "status":
+            item = (f"cityops/e1/camera/cam{n}/status", b'{"state":"online"}', 1, True)
+        else:
+            item = _event(kind, n)
+        ids[kind].append(ob.put_many([item])[0])
+    return ids
+
+
+def test_cap_drops_statuses_then_updates_then_evidence_never_a_case_first(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", OutboxLimits(max_messages=5)) as ob:
+        ids = _fill(ob)
+        dropped = ob.prune()
+        assert dropped == {"status": 2, "updated": 4, "evidence": 1}
+        left = [r.id for r in ob.next_batch(100)]
+        assert left == sorted(ids["opened"] + ids["resolved"] + ids["evidence"][1:])  # the oldest evidence went
+        assert ob.prune() == {}  # within the limits: nothing more
+        ob.limits = OutboxLimits(max_messages=2)
+        assert ob.prune() == {"evidence": 1, "opened/resolved/reply": 2}  # only cases left: the oldest go
+        assert [r.id for r in ob.next_batch(100)] == [ids["resolved"][0], ids["opened"][2]]
+        assert ob.drop_counts() == {"status": 2, "updated": 4, "evidence": 2, "opened/resolved/reply": 2}
+    with Outbox(tmp_path / "o.db") as ob:  # the counts are in the file: the status after a restart still has them
+        assert ob.drop_counts()["updated"] == 4
+
+
+def test_size_cap_counts_bytes(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", OutboxLimits(max_mb=0.01)) as ob:  # 10,485 bytes
+        opened = ob.put_many([_event("opened", 0, pad=4000)])
+        ob.put_many([_event("updated", i, pad=4000) for i in range(1, 4)])
+        assert ob.prune() == {"updated": 2}  # 4 x ~4 KB: two updates go, the opened stays
+        assert ob.next_batch(1)[0].id == opened[0] and ob.pending_count() == 2
+
+
+def test_age_drops_updates_and_statuses_never_cases(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", OutboxLimits(max_age_h=1.0)) as ob:
+        ids = _fill(ob)
+        assert ob.prune() == {}
+        later = time.time() + 2 * 3600
+        assert ob.prune(now=later) == {"status": 2, "updated": 4, "evidence": 2}
+        assert [r.id for r in ob.next_batch(100)] == sorted(ids["opened"] + ids["resolved"])
+
+
+def test_book_rows_through_enqueue_are_classified(tmp_path: Path) -> None:
+    """Rows the incident book writes on its own connection get the same drop class."""
+    path = tmp_path / "o.db"
+    with Outbox(path, OutboxLimits(max_messages=1)) as ob:
+        conn = sqlite3.connect(str(path))
+        with conn:
+            enqueue(conn, [_event("opened", 1), _event("updated", 2)])
+        conn.close()
+        assert ob.prune() == {"updated": 1}
+
+
+def test_an_outbox_of_the_first_release_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(str(path))
+    conn.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT "
+                 "NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created_at REAL NOT NULL)")
+    conn.execute("INSERT INTO outbox (topic, payload, qos, retain, created_at) VALUES ('t/a', x'00', 1, 0, 0)")
+    conn.commit()
+    conn.close()
+    with Outbox(path) as ob:
+        assert [r.topic for r in ob.next_batch(5)] == ["t/a"]  # kept, deliverable
+        ob.put("t/b", b"1")
+        assert ob.pending_count() == 2 and ob.prune() == {}
+
+
+def test_set_aside_and_requeue(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as ob:
+        a, b = ob.put("t/a", b"a"), ob.put("t/b", b"b")
+        assert ob.set_aside(a, "0x87 Not authorized") and not ob.set_aside(a, "again")
+        assert [r.topic for r in ob.next_batch(5)] == ["t/b"]
+        assert ob.set_aside_rows() == [(a, "t/a", "0x87 Not authorized")]
+        assert ob.requeue_set_aside() == 1 and ob.set_aside_rows() == []
+        assert [r.topic for r in ob.next_batch(5)] == ["t/b", "t/a"] and b < ob.next_batch(5)[1].id

@@ -182,7 +182,8 @@ def test_refused_credentials_are_one_clear_line_and_lose_nothing(
 
 
 @pytest.mark.slow
-def test_v5_rejected_publish_stays_in_outbox(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_v5_refused_publish_is_retried_then_set_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An ACL refusal (0x87) is retried with backoff a few times, then kept aside — never lost, never blocking."""
     acl = "pattern readwrite cityops/%u/#\nuser centre\ntopic read cityops/#\n"
     with Mosquitto(tmp_path / "broker", {EDGE: EDGE_PW, CENTRE[0]: CENTRE[1]}, acl=acl) as broker:
         sub = subscriber(broker.port, f"cityops/{EDGE}/incident/#")
@@ -193,15 +194,17 @@ def test_v5_rejected_publish_stays_in_outbox(tmp_path: Path, caplog: pytest.LogC
         pub.start()
         assert sub.wait_for(2, 10)
         assert received_ids(sub) == expected
-        assert wait_until(lambda: pub.stats().rejected >= 3, 10)  # retried with backoff, still refused
+        assert wait_until(lambda: pub.stats().set_aside == 1, 10)
         stats = pub.stats()
-        assert stats.pending == 1 and stats.acked == 2
-        assert outbox.next_batch(5)[0].topic == "cityops/other-edge/incident/cam0"
+        assert stats.rejected == 3 and stats.pending == 0 and stats.acked == 2
+        (_, topic, reason), = outbox.set_aside_rows()
+        assert topic == "cityops/other-edge/incident/cam0" and reason.startswith("0x87")
         pub.stop(0.5)
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-        assert len(errors) == 1, errors  # logged once, however often it is retried
+        assert len(errors) == 2, errors  # the refusal once (however often retried), then the set-aside
         assert "0x87" in errors[0] and "cityops/other-edge/incident/cam0" in errors[0]
-        assert f"127.0.0.1:{broker.port}" in errors[0]
+        assert f"127.0.0.1:{broker.port}" in errors[0] and "set aside" in errors[1]
+        assert outbox.requeue_set_aside() == 1 and outbox.pending_count() == 1  # back in the queue, not lost
         sub.close()
         outbox.close()
 
