@@ -3,12 +3,18 @@
 `EdgeApp.run()` starts in order (state, model, publisher, cameras) and stops in reverse. Live cameras each get a
 thread that scans on their own cadence; a replay instead merges all clips by media time in one thread, so the
 same clips always give the same events.
+
+Commands from the centre (edge/commands.py) arrive on paho's network thread, which only queues them; they are
+applied between scans (at the start of a scan, and by the supervising loop while cameras are silent) under the
+app's state lock, which every scan holds for its rules → incident book part: the book and the rules are never
+touched by a command and a scan at once. A replay has no broker: `submit_command` or `commands.handle` drive it.
 """
 from __future__ import annotations
 
 import heapq
 import json
 import logging
+import queue
 import signal
 import sqlite3
 import tempfile
@@ -18,7 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .config import Camera, ConfigError, Rules, Site, load_rules, load_site, mask_url, rules_path
+from .commands import CommandDispatcher
+from .config import DEFAULT_PROFILE, Camera, ConfigError, Rules, Site, load_rules, load_site, mask_url, rules_path
 from .detector import Detector
 from .evidence import evidence_jpeg
 from .incidents import IncidentBook
@@ -56,6 +63,8 @@ class Loaded:
     detector: Detector
     cameras: list[Camera]
     locator: Locator
+    rules_paths: dict[str, Path] = field(default_factory=dict)  # camera → its rule file (re-read by `reload`)
+    rules_override: bool = False  # one rule file for every camera (replay --rules): no `camera:` check
 
 
 def resolve(path: str, base: Path) -> Path:
@@ -68,12 +77,39 @@ def resolve(path: str, base: Path) -> Path:
     return base / p
 
 
+def load_camera_rules(paths: dict[str, Path], class_names: list[str], thresholds: list[float],
+                      check_camera: bool = True) -> tuple[dict[str, Rules], dict[str, RuleSet], list[str]]:
+    """Read and compile each camera's rule file (every profile in it too); problems come back as lines naming file
+    and key, so a caller can report them all at once (`check`) or refuse them all (a `reload` command)."""
+    problems: list[str] = []
+    rules: dict[str, Rules] = {}
+    rulesets: dict[str, RuleSet] = {}
+    for cam_id, rp in paths.items():
+        try:
+            r = load_rules(rp) if rp.exists() else Rules()
+            if not rp.exists():
+                log.warning("camera %s: no rule file %s; using defaults (whole frame, manifest thresholds)", cam_id, rp)
+            if r.camera is not None and r.camera != cam_id and check_camera:
+                problems.append(f"{rp}: camera: says {r.camera!r} but the site uses it for camera {cam_id!r}")
+            rulesets[cam_id] = RuleSet.compile(r, class_names, thresholds)
+            for name in r.profiles:
+                try:
+                    RuleSet.compile(r.with_profile(name), class_names, thresholds)
+                except ValueError as e:
+                    problems.append(f"{rp}: profiles.{name}.classes: {e}")
+            rules[cam_id] = r
+        except ConfigError as e:
+            problems.append(str(e))
+        except ValueError as e:
+            problems.append(f"{rp}: classes: {e}")
+    return rules, rulesets, problems
+
+
 def load_everything(site_path: Path, model: Path | None = None, rules_override: Path | None = None) -> Loaded:
     """Load site, rules and model, and cross-check them; raise ConfigError listing every problem found."""
     site_path = Path(site_path).resolve()
     site = load_site(site_path)
     base = site_path.parent
-    problems: list[str] = []
     from .detector import ModelMismatchError
     from .manifest import ManifestError
 
@@ -84,23 +120,11 @@ def load_everything(site_path: Path, model: Path | None = None, rules_override: 
         raise ConfigError(f"{site_path}: model: {e}") from None
     except Exception as e:  # onnxruntime's own errors for a file that is not a model
         raise ConfigError(f"{site_path}: model {model_path}: cannot load ({type(e).__name__}: {e})") from None
-    rules: dict[str, Rules] = {}
-    rulesets: dict[str, RuleSet] = {}
+    paths = {cam.id: rules_override or rules_path(site_path, cam) for cam in site.cameras}
+    rules, rulesets, problems = load_camera_rules(paths, det.class_names, det.manifest.thresholds,
+                                                  check_camera=rules_override is None)
     cams: list[Camera] = []
     for cam in site.cameras:
-        rp = rules_override or rules_path(site_path, cam)
-        try:
-            r = load_rules(rp) if rp.exists() else Rules()
-            if not rp.exists():
-                log.warning("camera %s: no rule file %s; using defaults (whole frame, manifest thresholds)", cam.id, rp)
-            if r.camera is not None and r.camera != cam.id and rules_override is None:
-                problems.append(f"{rp}: camera: says {r.camera!r} but the site uses it for camera {cam.id!r}")
-            rulesets[cam.id] = RuleSet.compile(r, det.class_names, det.manifest.thresholds)
-            rules[cam.id] = r
-        except ConfigError as e:
-            problems.append(str(e))
-        except ValueError as e:
-            problems.append(f"{rp}: classes: {e}")
         url = cam.url
         if "://" not in url and "${" not in url:
             url = str(resolve(url, base))
@@ -113,7 +137,7 @@ def load_everything(site_path: Path, model: Path | None = None, rules_override: 
         problems.append(str(e))
     if problems:
         raise ConfigError("\n".join(problems))
-    return Loaded(site, site_path, rules, rulesets, det, cams, locator)
+    return Loaded(site, site_path, rules, rulesets, det, cams, locator, paths, rules_override is not None)
 
 
 class BrokerRefused(RuntimeError):
@@ -149,9 +173,10 @@ class EdgeApp:
     def __init__(self, loaded: Loaded, *, replay: bool = False, events_out: Path | None = None,
                  state_dir: Path | None = None, on_event: Callable[[IncidentEvent], None] | None = None,
                  max_media_s: float | None = None, speed: float | None = None, ts_offset: float = 0.0,
-                 min_media_s: float | None = None) -> None:
+                 min_media_s: float | None = None, clock: Callable[[], float] | None = None) -> None:
         """`speed`: pace file cameras at this multiple of real time (the demo); None = as fast as possible.
-        `min_media_s`/`max_media_s` bound a replay, so a test can stop one and resume it on the same state."""
+        `min_media_s`/`max_media_s` bound a replay, so a test can stop one and resume it on the same state.
+        `clock`: the time commands act at (default: wall time live, the latest frame's time in a replay)."""
         self.L = loaded
         self.speed = speed
         self.ts_offset = ts_offset  # replay: media second 0 is this epoch time (messages then carry real dates)
@@ -186,18 +211,42 @@ class EdgeApp:
             loaded.locator.ledger = CoverLedger(self._ledger_conn)
         self.publisher = None
         self._lock = threading.Lock()
+        # commands: queued by paho's thread, applied between scans under _state_lock (see the module docstring)
+        self._clock = clock
+        self._frame_now: float | None = None
+        self._state_lock = threading.Lock()
+        self._commands_in: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=256)
+        self._sources: dict[str, Any] = {}
+        self._base_rules: dict[str, Rules] = dict(loaded.rules)
+        self.profile = DEFAULT_PROFILE
+        saved = self.book.setting("profile")
+        if saved and saved != DEFAULT_PROFILE:
+            if saved in self.profile_names():
+                self._use_rules(self._base_rules, saved)
+                log.info("rule profile %r in force (set by the centre before the restart)", saved)
+            else:
+                log.warning("rule profile %r (set by the centre) is in no rule file any more; using the default", saved)
+        self.commands = CommandDispatcher(self, Topics(site.broker.topic_prefix, site.edge_id),
+                                          utc_offset=site.utc_offset, settings=site.commands)
 
     # ------------------------------------------------------------------ scanning
     def process(self, frame: Frame) -> list[IncidentEvent]:
-        """One scan: detect, apply the camera's rules, vote. Runs on the frame's own timestamp."""
+        """One scan: detect, apply the camera's rules, vote. Runs on the frame's own timestamp. Commands that
+        came since the last scan are applied first; a snapshot waiting for this camera gets this frame."""
+        with self._lock:
+            self._frame_now = frame.ts if self._frame_now is None else max(self._frame_now, frame.ts)
+        self.apply_commands()
         rs = self.L.rulesets[frame.camera_id]
         h, w = frame.image.shape[:2]
         dets = self.L.detector.detect(frame.image, conf=rs.min_threshold)
-        kept, zone_idx = rs.apply(dets, w, h)
-        zones = [rs.zone_name(int(z)) for z in zone_idx]
-        ground = self.L.locator.ground(frame.camera_id, kept, w, h)
-        self.L.locator.record_covers(kept, ground, frame.ts)
-        events = self.book.update(frame.camera_id, frame.ts, kept, zones, frame.image, ground)
+        with self._state_lock:
+            kept, zone_idx = rs.apply(dets, w, h)
+            zones = [rs.zone_name(int(z)) for z in zone_idx]
+            ground = self.L.locator.ground(frame.camera_id, kept, w, h)
+            self.L.locator.record_covers(kept, ground, frame.ts)
+            events = self.book.update(frame.camera_id, frame.ts, kept, zones, frame.image, ground)
+            if self.commands.wants_frame(frame.camera_id):
+                self.commands.on_frame(frame.camera_id, frame.ts, frame.image)
         with self._lock:
             self.summary.scans += 1
             for ev in events:
@@ -211,7 +260,7 @@ class EdgeApp:
 
     def _camera_loop(self, cam: Camera) -> None:
         try:
-            src = open_source(cam)
+            src = self._open(cam)
             if isinstance(src, RtspSource):
                 src.on_status = self._camera_status
             t0, ts0 = time.monotonic(), None
@@ -248,7 +297,7 @@ class EdgeApp:
         for k, cam in enumerate(self.L.cameras):
             if not cam.enabled:
                 continue
-            src = open_source(cam)
+            src = self._open(cam)
             if not isinstance(src, FileSource):
                 raise ConfigError(f"camera {cam.id}: replay needs video files, not a live URL ({mask_url(cam.url)})")
             iters.append(((f.ts, k, f.seq, f) for f in src.frames(self.stop_event)))
@@ -259,6 +308,124 @@ class EdgeApp:
                 continue
             yield f
 
+    def _open(self, cam: Camera) -> Any:
+        """The camera's source at the scan interval in force (a profile may change it), kept so a later switch
+        reaches it: both sources read `scan_interval_s` afresh for every scan."""
+        src = open_source(cam.model_copy(update={"scan_interval_s": self.scan_interval(cam.id)}))
+        with self._lock:
+            self._sources[cam.id] = src
+        return src
+
+    # ------------------------------------------------------------------ commands from the centre
+    def submit_command(self, command: str, payload: bytes) -> None:
+        """Queue a command for the pipeline (the Publisher's `on_command`, on paho's thread): returns at once."""
+        try:
+            self._commands_in.put_nowait((command, payload))
+        except queue.Full:
+            log.error("command %r dropped: %d commands already wait to be applied", command[:64],
+                      self._commands_in.maxsize)
+
+    def apply_commands(self) -> list[dict[str, Any]]:
+        """Apply the queued commands in the order they came (one thread drains the queue at a time) and answer the
+        snapshots that timed out; returns the replies made now."""
+        replies: list[dict[str, Any]] = []
+        with self._state_lock:
+            while True:
+                try:
+                    command, payload = self._commands_in.get_nowait()
+                except queue.Empty:
+                    break
+                reply = self.commands.handle(command, payload)
+                if reply is not None:
+                    replies.append(reply)
+            replies += self.commands.expire(self.now())
+        return replies
+
+    def now(self) -> float:
+        """The clock commands act at: injected, else the latest frame's time in a replay (media time, as the
+        incident book sees it) and the wall clock live (frames are stamped with capture time)."""
+        if self._clock is not None:
+            return self._clock()
+        if self.replay:
+            with self._lock:
+                return self._frame_now if self._frame_now is not None else self.ts_offset
+        return time.time()
+
+    def camera_ids(self) -> dict[str, bool]:
+        return {c.id: c.enabled for c in self.L.cameras}
+
+    def profile_names(self) -> list[str]:
+        return sorted({p for r in self._base_rules.values() for p in r.profiles})
+
+    def scan_interval(self, camera_id: str) -> float:
+        """The camera's scan interval under the profile in force."""
+        cam = next(c for c in self.L.cameras if c.id == camera_id)
+        base = self._base_rules.get(camera_id)
+        return (base.scan_interval_s(self.profile) if base is not None else None) or cam.scan_interval_s
+
+    def _use_rules(self, base: dict[str, Rules], profile: str) -> None:
+        """Put `base` rules under `profile` in force for the next scans: compiled first, swapped whole."""
+        names, thresholds = self.L.detector.class_names, self.L.detector.manifest.thresholds
+        effective = {cid: r.with_profile(profile) for cid, r in base.items()}
+        rulesets = {cid: RuleSet.compile(r, names, thresholds) for cid, r in effective.items()}
+        self._base_rules, self.profile = dict(base), profile
+        self.L.rules, self.L.rulesets = effective, rulesets
+        self.book.set_rules(effective)
+        with self._lock:
+            sources = dict(self._sources)
+        for cid, src in sources.items():
+            src.scan_interval_s = self.scan_interval(cid)
+
+    def _profile_result(self) -> dict[str, Any]:
+        return {"profile": self.profile, "scan_interval_s": {c.id: self.scan_interval(c.id) for c in self.L.cameras}}
+
+    def switch_profile(self, profile: str) -> dict[str, Any]:
+        previous = self.profile
+        self._use_rules(self._base_rules, profile)
+        self.book.set_setting("profile", profile)
+        log.info("rule profile %r in force (was %r)", profile, previous)
+        return {**self._profile_result(), "previous_profile": previous}
+
+    def reload_rules(self) -> dict[str, Any]:
+        L = self.L
+        rules, _, problems = load_camera_rules(L.rules_paths, L.detector.class_names, L.detector.manifest.thresholds,
+                                               check_camera=not L.rules_override)
+        if problems:
+            raise ConfigError("\n".join(problems))
+        if self.profile != DEFAULT_PROFILE and not any(self.profile in r.profiles for r in rules.values()):
+            raise ConfigError(f"the profile in force, {self.profile!r}, is in none of the new rule files; "
+                              "switch to another profile first")
+        self._use_rules(rules, self.profile)
+        log.info("rule files reloaded (%d cameras, profile %r)", len(rules), self.profile)
+        return self._profile_result()
+
+    def dismiss(self, incident_id: str, ts: float, until_ts: float, also: list[tuple[str, bytes]]) -> bool:
+        try:
+            ev = self.book.dismiss(incident_id, ts, until_ts, also)
+        except KeyError:
+            return False
+        with self._lock:
+            self.summary.resolved += 1
+        if self.on_event:
+            self.on_event(ev)
+        return True
+
+    def dismissed_until(self, incident_id: str) -> float | None:
+        s = self.book.dismissal(incident_id)
+        return None if s is None else s.until_ts
+
+    def write(self, items: list[tuple[str, bytes]]) -> None:
+        """Replies and snapshots go into the outbox table of the state file, like incident messages."""
+        self.book.enqueue(items)
+
+    def _abandon_snapshots(self, reason: str) -> None:
+        with self._state_lock:
+            self.commands.abandon(reason)
+
+    def close(self) -> None:
+        """Close the state file (for callers that drive `process` themselves; the run methods close it)."""
+        self.book.close()
+
     # ------------------------------------------------------------------ lifecycle
     def run_replay(self) -> Summary:
         try:
@@ -266,6 +433,8 @@ class EdgeApp:
                 if self.stop_event.is_set():
                     break
                 self.process(replace(frame, ts=frame.ts + self.ts_offset) if self.ts_offset else frame)
+            self.apply_commands()
+            self._abandon_snapshots("the replay ran out of frames")
         finally:
             if self.jsonl:
                 self.jsonl.close()
@@ -276,12 +445,13 @@ class EdgeApp:
                  startup_wait_s: float = 10.0) -> Summary:
         """Scan every camera until stopped (SIGINT/SIGTERM), `duration_s` passes, or every source ended.
         A broker that refuses our login at startup is a configuration error: BrokerRefused, nothing scanned."""
-        from .outbox import Outbox
+        from .outbox import Outbox, OutboxLimits
         from .publisher import Publisher
 
         site = self.L.site
-        outbox = Outbox(self.db_path)
-        self.publisher = Publisher(site.broker, site.edge_id, outbox, utc_offset=site.utc_offset)
+        outbox = Outbox(self.db_path, OutboxLimits(**site.outbox.model_dump()))
+        self.publisher = Publisher(site.broker, site.edge_id, outbox, utc_offset=site.utc_offset,
+                                   on_command=self.submit_command)
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: self.stop_event.set())
@@ -308,11 +478,14 @@ class EdgeApp:
                     break
                 if threads and not any(t.is_alive() for t in threads):
                     break  # every source ended (files) or failed
+                self.apply_commands()  # also while every camera is silent
                 self.stop_event.wait(0.2)
         finally:
             self.stop_event.set()
             for t in threads:
                 t.join(timeout=10)
+            self.apply_commands()
+            self._abandon_snapshots("the edge stopped first")
             self.book.close()
             deadline = time.monotonic() + 10
             while outbox.pending_count() and time.monotonic() < deadline and self.publisher.connected:

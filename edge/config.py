@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -65,6 +66,40 @@ class Persistence(_Base):
     min_scans: int = Field(3, ge=1, description="scans needed in the window before any vote counts")
 
 
+DEFAULT_PROFILE = "default"
+PROFILE_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class ClassOverride(_Base):
+    """A profile's change to one class rule: only the keys it gives change, the others keep the base rule's."""
+
+    enabled: bool | None = Field(None, description="report this class while the profile is active")
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="score threshold while the profile is active; "
+                                    "an explicit null means the model manifest's")
+    min_area: float | None = Field(None, ge=0.0, le=1.0, description="smallest box area as a fraction of the frame")
+    max_area: float | None = Field(None, gt=0.0, le=1.0, description="largest box area as a fraction of the frame")
+
+
+class Profile(_Base):
+    """A named variant of these rules that the centre switches to (command `profile`), e.g. a rainstorm plan that
+    scans more often and reports fainter ponding. Only what it names changes."""
+
+    description: str | None = Field(None, description="what the profile is for (shown to operators)")
+    scan_interval_s: float | None = Field(None, gt=0, description="replaces the camera's scan_interval_s (site "
+                                          "file) while the profile is active")
+    classes: dict[str, ClassOverride] = Field(default_factory=dict, description="per-class changes by class name")
+
+
+def _merge_class(base: "ClassRule | None", override: ClassOverride) -> "ClassRule":
+    """The class rule in force under a profile: the base rule (or the defaults) with the keys the profile set."""
+    data = base.model_dump() if base is not None else {}
+    for key in override.model_fields_set:
+        value = getattr(override, key)
+        if value is not None or key == "threshold":  # threshold: null = back to the manifest's
+            data[key] = value
+    return ClassRule.model_validate(data)
+
+
 class Rules(_Base):
     """What one camera watches for and how sure it must be."""
 
@@ -77,6 +112,40 @@ class Rules(_Base):
     update_interval_s: float = Field(300.0, gt=0, description="at most one `updated` per incident this often")
     match_iou: float = Field(0.3, gt=0, le=1, description="image-box IoU that makes two sightings one incident "
                              "(cameras without ground calibration)")
+    profiles: dict[str, Profile] = Field(default_factory=dict, description="named variants the centre can switch "
+                                         "to (command `profile`); `default` (reserved) means the rules above as they are")
+
+    @field_validator("profiles")
+    @classmethod
+    def _profiles(cls, v: dict[str, Profile], info: ValidationInfo) -> dict[str, Profile]:
+        for name, profile in v.items():
+            if name == DEFAULT_PROFILE:
+                raise ValueError(f"{name!r} is reserved: it means these rules without any profile")
+            if not re.match(PROFILE_NAME, name):
+                raise ValueError(f"profile name {name!r} must be 1-64 of [A-Za-z0-9_-]")
+            for cname, override in profile.classes.items():
+                try:
+                    _merge_class((info.data.get("classes") or {}).get(cname), override)
+                except ValidationError as e:
+                    msg = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+                    raise ValueError(f"{name}.classes.{cname}: {msg}") from None
+        return v
+
+    def with_profile(self, name: str) -> "Rules":
+        """These rules as they stand under profile `name`: its class changes merged in key by key. A profile this
+        file does not define (and `default`) changes nothing, so one box-wide switch fits every camera."""
+        profile = self.profiles.get(name)
+        if profile is None or not profile.classes:
+            return self
+        classes = dict(self.classes)
+        for cname, override in profile.classes.items():
+            classes[cname] = _merge_class(classes.get(cname), override)
+        return self.model_copy(update={"classes": classes})
+
+    def scan_interval_s(self, profile: str) -> float | None:
+        """The scan interval profile `profile` sets for this camera, None where it sets none."""
+        p = self.profiles.get(profile)
+        return None if p is None else p.scan_interval_s
 
 
 # ------------------------------------------------------------------------------------------ site
@@ -183,6 +252,33 @@ class GeoConfig(_Base):
     projected_crs: str | None = Field(None, description="also give x/y in this projected CRS, e.g. EPSG:4549")
 
 
+class OutboxConfig(_Base):
+    """How much the outbox may hold while the broker is away; over it, statuses go first, then `updated` events,
+    then evidence images, and `opened` / `resolved` only when nothing else is left (edge/outbox.py)."""
+
+    max_messages: int = Field(200_000, ge=100, description="messages kept at most")
+    max_mb: float = Field(2048.0, gt=0, description="megabytes of payload kept at most (evidence images count)")
+    max_age_h: float = Field(168.0, gt=0, description="statuses, updates and evidence older than this are dropped; "
+                             "opened/resolved never for age")
+
+
+class CommandSettings(_Base):
+    """How the box answers the centre's commands (`{prefix}/{edge_id}/cmd/<command>`, see edge/commands.py)."""
+
+    suppress_h: float = Field(24.0, ge=0, description="hours a dismissed incident's class stays suppressed at its "
+                              "place when the dismiss command names none. Longer spares the seat repeated false "
+                              "alarms; shorter notices sooner if something real appears there.")
+    max_suppress_h: float = Field(720.0, gt=0, description="the longest suppression a dismiss may ask for")
+    snapshot_timeout_s: float = Field(30.0, gt=0, description="a snapshot waits this long for the camera's next "
+                                      "frame before it is answered with a failure")
+
+    @model_validator(mode="after")
+    def _order(self) -> "CommandSettings":
+        if self.suppress_h > self.max_suppress_h:
+            raise ValueError(f"suppress_h ({self.suppress_h}) must not exceed max_suppress_h ({self.max_suppress_h})")
+        return self
+
+
 class Site(_Base):
     edge_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="this box's id: MQTT client id and topic level")
     admin_code: str | None = Field(None, pattern=r"^\d{6}$", description="GB/T 2260 county code")
@@ -192,6 +288,8 @@ class Site(_Base):
     state_dir: str = Field("var", description="SQLite state (incidents, outbox), relative to the site file")
     broker: Broker = Field(default_factory=Broker)
     geo: GeoConfig = Field(default_factory=GeoConfig)
+    commands: CommandSettings = Field(default_factory=CommandSettings)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     cameras: list[Camera] = Field(min_length=1)
 
     @field_validator("cameras")

@@ -26,6 +26,11 @@ def evidence_jpeg(image: np.ndarray, box: np.ndarray, class_name: str, confidenc
                   max_width: int = 1280, quality: int = 80) -> bytes:
     """The whole frame (context matters to a human), box and label drawn, at most `max_width` wide."""
     img = draw_box(image, box, f"{class_name} {confidence:.2f}", COLOURS.get(class_name, (0, 255, 255)))
+    return frame_jpeg(img, max_width, quality)
+
+
+def frame_jpeg(img: np.ndarray, max_width: int = 1280, quality: int = 80) -> bytes:
+    """A frame as it is (the centre's `snapshot` command), at most `max_width` wide, like evidence pictures."""
     h, w = img.shape[:2]
     if w > max_width:
         img = cv2.resize(img, (max_width, int(h * max_width / w)), interpolation=cv2.INTER_AREA)

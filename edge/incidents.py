@@ -4,6 +4,10 @@ Static incidents are confirmed by voting over time (seen in most scans of a wind
 incident is identified by what and where it is, so passing traffic or an occlusion never makes a second one.
 Open incidents live in SQLite, written in the same transaction as the events they cause (see `EventSink`), so a
 restart neither repeats an `opened` nor loses a `resolved`. All timing comes from the frames' timestamps.
+
+The centre can dismiss an open incident as a false alarm (`dismiss`): it resolves with reason `dismissed`, and its
+class at its place is *suppressed* until a given time — sightings there open nothing, so the same oil stain is
+not reported again every few minutes. Suppressions live in the same SQLite file and survive restarts.
 """
 from __future__ import annotations
 
@@ -15,12 +19,13 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 
 from .config import Rules
 from .detections import Detections, box_iou
+from .outbox import enqueue
 from .types import IncidentEvent
 
 log = logging.getLogger(__name__)
@@ -85,6 +90,21 @@ class Track:
     @property
     def is_open(self) -> bool:
         return self.incident_id is not None
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """Where the centre dismissed an incident as a false alarm: sightings of `class_name` within `radius_m` of
+    `ground` (site metres) — or, where a sighting has no ground position, overlapping that camera's box in
+    `boxes` — open nothing until `until_ts` (frame time)."""
+
+    incident_id: str
+    class_name: str
+    ground: tuple[float, float] | None
+    radius_m: float
+    boxes: dict[str, tuple[float, float, float, float]]
+    since_ts: float
+    until_ts: float
 
 
 Evidence = Callable[[np.ndarray, np.ndarray, str, float], bytes]
@@ -153,8 +173,16 @@ class IncidentBook:
             if col not in have:
                 self._conn.execute(f"ALTER TABLE incidents ADD COLUMN {col} {typ}")
         self._conn.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
+        self._conn.execute("""CREATE TABLE IF NOT EXISTS suppressions (
+            incident_id TEXT PRIMARY KEY, class_name TEXT NOT NULL, ground_x REAL, ground_y REAL,
+            radius_m REAL NOT NULL, boxes TEXT NOT NULL, since_ts REAL NOT NULL, until_ts REAL NOT NULL)""")
         self._tracks: list[Track] = []
         self._next_key = 0
+        # row writes of the scan in progress: executed by _commit inside the transaction that also writes the
+        # scan's events to the outbox, so an incident row can never be on disk without its message (or the reverse)
+        self._pending: list[tuple[str, tuple]] = []
+        self._count: int | None = None  # the id counter, ahead of the disk by the pending writes
+        self._suppressions: list[Suppression] = []
         self._load()
 
     # ---------------------------------------------------------------- persistence
@@ -162,6 +190,13 @@ class IncidentBook:
         """Restore the book as the last committed scan left it: candidates and their votes too, so a restart
         mid-vote opens the incident exactly when an uninterrupted run would. State files without a snapshot
         (older versions) restore the open incidents only."""
+        self._suppressions = [
+            Suppression(r[0], r[1], None if r[2] is None else (r[2], r[3]), r[4],
+                        {k: tuple(v) for k, v in json.loads(r[5]).items()}, r[6], r[7])
+            for r in self._conn.execute("SELECT incident_id, class_name, ground_x, ground_y, radius_m, boxes, since_ts, "
+                                        "until_ts FROM suppressions ORDER BY since_ts")]
+        if self._suppressions:
+            log.info("restored %d suppressed places (dismissed false alarms)", len(self._suppressions))
         snap = self._conn.execute("SELECT v FROM meta WHERE k='tracks'").fetchone()
         if snap is not None:
             self._tracks = [_track_from(d) for d in json.loads(snap[0])]
@@ -188,21 +223,23 @@ class IncidentBook:
             log.info("restored %d open incidents", len(rows))
 
     def _counter(self) -> int:
-        row = self._conn.execute("SELECT v FROM meta WHERE k='counter'").fetchone()
-        n = int(row[0]) + 1 if row else 1
-        self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('counter', ?)", (str(n),))
-        return n
+        if self._count is None:
+            row = self._conn.execute("SELECT v FROM meta WHERE k='counter'").fetchone()
+            self._count = int(row[0]) if row else 0
+        self._count += 1
+        self._pending.append(("INSERT OR REPLACE INTO meta VALUES ('counter', ?)", (str(self._count),)))
+        return self._count
 
     def _save(self, t: Track, state: str) -> None:
         g = t.ground if t.ground is not None else (None, None)
-        self._conn.execute(
+        self._pending.append((
             "INSERT OR REPLACE INTO incidents (incident_id, camera_id, class_id, box, first_ts, opened_ts, last_seen, "
             "last_update, best_conf, zone, seq, image_w, image_h, state, ground_x, ground_y, ground_w, accuracy_m, boxes, "
             "evidence) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (t.incident_id, t.camera_id, t.class_id, json.dumps(_box_json(t.box)), t.first_ts, t.opened_ts, t.last_seen,
              t.last_update, t.best_conf, t.zone, t.seq, t.image_size[0], t.image_size[1], state,
              None if g[0] is None else float(g[0]), None if g[1] is None else float(g[1]), t.ground_w, t.accuracy_m,
-             json.dumps({k: _box_json(v) for k, v in t.boxes.items()}), t.evidence if state == "open" else None))
+             json.dumps({k: _box_json(v) for k, v in t.boxes.items()}), t.evidence if state == "open" else None)))
         t.evidence_dirty = False
 
     def _key(self) -> int:
@@ -219,6 +256,10 @@ class IncidentBook:
         h, w = (image.shape[:2] if image is not None else (0, 0))
         ground = ground if ground is not None else Ground.unknown(len(dets))
         with self._lock:
+            expired = [s for s in self._suppressions if s.until_ts <= ts]
+            if expired:
+                self._suppressions = [s for s in self._suppressions if s.until_ts > ts]
+                log.info("suppression of %s ended", ", ".join(f"{s.class_name} at {s.incident_id}'s place" for s in expired))
             matched = self._match(camera_id, dets, ground, rules.match_iou)
             seen_keys = set()
             for i, t in matched.items():
@@ -226,6 +267,8 @@ class IncidentBook:
                 seen_keys.add(t.key)
             for i in range(len(dets)):
                 if i not in matched and self.class_names[int(dets.class_id[i])] in self.reportable:
+                    if self._suppressed(int(dets.class_id[i]), {camera_id: dets.xyxy[i]}, ground.xy[i]):
+                        continue  # a dismissed false alarm's place: no candidate, no vote
                     t = Track(self._key(), camera_id, int(dets.class_id[i]), dets.xyxy[i].copy(), ts, ts)
                     self._observe(t, camera_id, ts, dets, i, ground, zones[i], image, (w, h))
                     self._tracks.append(t)
@@ -247,7 +290,8 @@ class IncidentBook:
                 if not t.is_open:
                     n = len(votes)
                     k = sum(1 for _, s in votes if s)
-                    if n >= p.min_scans and k / n >= p.vote_ratio and k >= p.min_scans:
+                    if (n >= p.min_scans and k / n >= p.vote_ratio and k >= p.min_scans
+                            and not self._suppressed(t.class_id, t.boxes, t.ground)):
                         t.incident_id = self._new_id(ts)
                         t.opened_ts = t.last_update = ts
                         events.append(self._event(t, "opened", ts))
@@ -266,7 +310,14 @@ class IncidentBook:
                     self._save(t, "open")
                 keep.append(t)
             self._tracks = keep
-            self._commit(events, keep)
+            try:
+                self._commit(events, keep, expired=expired)
+            except BaseException:
+                # nothing of this scan reached the disk: forget it in memory too, or an incident could be open
+                # here with its `opened` never sent
+                self._tracks, self._next_key = [], 0
+                self._load()
+                raise
             return events
 
     def _observe(self, t: Track, camera_id: str, ts: float, dets: Detections, i: int, ground: Ground,
@@ -299,10 +350,20 @@ class IncidentBook:
             return bool(self.places.in_view(camera_id, t.ground))
         return camera_id in t.boxes
 
-    def _commit(self, events: list[IncidentEvent], tracks: list[Track]) -> None:
-        """Events and the state they reflect go to disk together; last-seen times of open incidents ride along."""
+    def _commit(self, events: list[IncidentEvent], tracks: list[Track], *, expired: Iterable[Suppression] = (),
+                also: Iterable[tuple[str, bytes]] = (), before: Callable[[], None] | None = None) -> None:
+        """Events and the state they reflect go to disk together; last-seen times of open incidents ride along.
+        `before` runs first inside the transaction; `also` are more outbox rows (a command's reply) after the
+        events'."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
+            if before is not None:
+                before()
+            for sql, params in self._pending:
+                self._conn.execute(sql, params)
+            self._pending.clear()
+            for s in expired:
+                self._conn.execute("DELETE FROM suppressions WHERE incident_id=?", (s.incident_id,))
             for t in tracks:
                 if t.is_open:
                     g = t.ground if t.ground is not None else (None, None)
@@ -317,9 +378,12 @@ class IncidentBook:
                                (json.dumps([_track_state(t) for t in tracks]),))
             if events and self.sink is not None:
                 self.sink.write_events(self._conn, events)
+            enqueue(self._conn, also)
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
+            self._pending.clear()
+            self._count = None  # re-read: the counter writes of this scan were rolled back
             raise
 
     def _match(self, camera_id: str, dets: Detections, ground: Ground, min_iou: float) -> dict[int, Track]:
@@ -353,7 +417,7 @@ class IncidentBook:
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(ts))
         return f"{self.edge_id}-{stamp}-{n:04d}"
 
-    def _event(self, t: Track, kind: str, ts: float) -> IncidentEvent:
+    def _event(self, t: Track, kind: str, ts: float, reason: str | None = None) -> IncidentEvent:
         t.seq += 1
         mid = str(uuid.uuid5(_NS, f"{self.edge_id}/{t.incident_id}/{kind}/{t.seq}"))
         box = t.best_box if t.best_box is not None else t.box
@@ -370,11 +434,108 @@ class IncidentBook:
                              lon=lon, lat=lat, accuracy_m=acc if lon is not None else None,
                              evidence_jpeg=t.evidence if kind != "resolved" else None,
                              extra={"first_seen_ts": t.first_ts, "last_seen_ts": t.last_seen, "seq": t.seq,
-                                    "cameras": sorted(t.boxes), **place})
+                                    "cameras": sorted(t.boxes), **place, **({"reason": reason} if reason else {})})
 
     def open_incidents(self) -> list[Track]:
         with self._lock:
             return [t for t in self._tracks if t.is_open]
+
+    # ---------------------------------------------------------------- the centre's commands
+    def _suppressed(self, class_id: int, boxes: Mapping[str, np.ndarray], xy: np.ndarray | None) -> bool:
+        """Is a sighting (or a track) of this class at a dismissed place? By ground distance where both places are
+        known, else by box IoU in a camera both were seen by — the same test `_match` makes."""
+        if not self._suppressions:
+            return False
+        name = self.class_names[class_id]
+        known = xy is not None and bool(np.all(np.isfinite(xy)))
+        for s in self._suppressions:
+            if s.class_name != name:
+                continue
+            if known and s.ground is not None:
+                if float(np.hypot(xy[0] - s.ground[0], xy[1] - s.ground[1])) < s.radius_m:  # type: ignore[index]
+                    return True
+                continue
+            for cam, box in boxes.items():
+                if cam in s.boxes and cam in self.rules:
+                    iou = box_iou(np.asarray(box, np.float32)[None], np.asarray(s.boxes[cam], np.float32)[None])[0, 0]
+                    if iou >= self.rules[cam].match_iou:
+                        return True
+        return False
+
+    def dismiss(self, incident_id: str, ts: float, until_ts: float,
+                also: Iterable[tuple[str, bytes]] = ()) -> IncidentEvent:
+        """Close an open incident as a false alarm (a `resolved` event with reason `dismissed`) and suppress its
+        class at its place until `until_ts`; candidates of that class there are dropped too. The event, the
+        suppression and `also` (the command's reply) commit together. KeyError if it is not open."""
+        with self._lock:
+            t = next((x for x in self._tracks if x.is_open and x.incident_id == incident_id), None)
+            if t is None:
+                raise KeyError(incident_id)
+            s = Suppression(incident_id, self.class_names[t.class_id],
+                            None if t.ground is None else (float(t.ground[0]), float(t.ground[1])),
+                            float(self._radius[t.class_id]),
+                            {c: tuple(round(float(v), 2) for v in b) for c, b in t.boxes.items()},  # type: ignore[misc]
+                            float(ts), float(until_ts))
+            ev = self._event(t, "resolved", ts, reason="dismissed")
+            suppressions = [x for x in self._suppressions if x.incident_id != incident_id] + [s]
+            saved, self._suppressions = self._suppressions, suppressions
+            keep = [x for x in self._tracks
+                    if x is not t and (x.is_open or x.class_id != t.class_id or not self._suppressed(x.class_id, x.boxes, x.ground))]
+
+            def write() -> None:
+                self._save(t, "resolved")
+                self._conn.execute("INSERT OR REPLACE INTO suppressions VALUES (?,?,?,?,?,?,?,?)",
+                                   (s.incident_id, s.class_name, None if s.ground is None else s.ground[0],
+                                    None if s.ground is None else s.ground[1], s.radius_m, json.dumps(s.boxes),
+                                    s.since_ts, s.until_ts))
+            try:
+                self._commit([ev], keep, also=also, before=write)
+            except BaseException:
+                self._suppressions = saved
+                raise
+            self._tracks = keep
+            log.info("dismissed %s (%s) as a false alarm; suppressed there until %.0f", incident_id, s.class_name,
+                     until_ts)
+            return ev
+
+    def dismissal(self, incident_id: str) -> Suppression | None:
+        """The suppression a dismiss of this incident left (None if it was never dismissed, or it ended)."""
+        with self._lock:
+            return next((s for s in self._suppressions if s.incident_id == incident_id), None)
+
+    def suppressions(self) -> list[Suppression]:
+        """Places where dismissed false alarms are suppressed now (ended ones go at the next scan after their end)."""
+        with self._lock:
+            return list(self._suppressions)
+
+    def set_rules(self, rules: dict[str, Rules]) -> None:
+        """New rules (a reload or a profile switch), in force from the next scan."""
+        with self._lock:
+            self.rules = dict(rules)
+
+    def enqueue(self, items: Iterable[tuple[str, bytes]]) -> None:
+        """Put messages (a command's reply, a snapshot) in the outbox of this book's file, in one transaction."""
+        items = list(items)
+        if not items:
+            return
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                enqueue(self._conn, items)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def setting(self, key: str) -> str | None:
+        """A value the centre set that must survive a restart (the active rule profile)."""
+        with self._lock:
+            row = self._conn.execute("SELECT v FROM meta WHERE k=?", (f"setting:{key}",)).fetchone()
+            return None if row is None else str(row[0])
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"setting:{key}", value))
 
     def close(self) -> None:
         self._conn.close()

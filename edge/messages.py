@@ -39,6 +39,7 @@ Incident message fields (topic ``{prefix}/{edge_id}/incident/{camera_id}``, QoS 
 | `component_id`, `component_status`, `component_kind`, `grid_code`, `street_code`, `community_code`, `location_desc` | string, optional | present only when the geo stage knows them (from the event's `extra`); a matched cover's kind also sets `major_code`/`minor_code`/`legacy_code` to that kind's codes (污水井盖 0102 / 01002 …) |
 | `gcj02` | object, optional | `{"lon", "lat"}` on GCJ-02 (consumer maps in China), when the site asks for it (`geo.gcj02`) |
 | `projected` | object, optional | `{"crs", "x", "y"}` in the site's projected CRS (`geo.projected_crs`, e.g. EPSG:4549), metres |
+| `reason` | `dismissed`, optional | `resolved` only: the centre dismissed the incident as a false alarm (command `dismiss`, edge/commands.py), not "no longer seen" |
 
 Unknown values are **null, not omitted**: every message has the same keys (plus the optional geo keys), so a
 consumer never needs `.get()` for a core field. The schema rejects keys it does not list — a new field
@@ -96,9 +97,10 @@ OPTIONAL_GEO_FIELDS = ("component_id", "component_status", "component_kind", "gr
                        "community_code", "location_desc", "gcj02", "projected")
 
 EvidenceMode = Literal["inline", "topic", "none"]
-MessageKind = Literal["incident", "edge_status", "camera_status"]
+MessageKind = Literal["incident", "edge_status", "camera_status", "reply"]
 
-_SCHEMA_FILES = {"incident": "incident-v1.schema.json", "status": "status-v1.schema.json"}
+_SCHEMA_FILES = {"incident": "incident-v1.schema.json", "status": "status-v1.schema.json",
+                 "reply": "reply-v1.schema.json"}
 _OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
 
 _EN = {
@@ -154,11 +156,13 @@ def _codes(manifest: Manifest, class_name: str, standard_ref: str) -> tuple[Any,
 
 
 def _description(type_name: str, incident_type: str, ev: IncidentEvent) -> str:
+    dismissed = ev.event == "resolved" and ev.extra.get("reason") == "dismissed"
     zh_head = {"opened": f"视频智能发现{type_name}", "updated": f"{type_name}仍存在",
-               "resolved": f"{type_name}已消失"}[ev.event]
+               "resolved": f"{type_name}已被中心判为误报" if dismissed else f"{type_name}已消失"}[ev.event]
     en_type = _EN.get(incident_type, incident_type.replace("_", " "))
     en_head = {"opened": f"AI video: {en_type} detected", "updated": f"AI video: {en_type} still present",
-               "resolved": f"AI video: {en_type} no longer seen"}[ev.event]
+               "resolved": f"AI video: {en_type} dismissed by the centre as a false alarm" if dismissed
+               else f"AI video: {en_type} no longer seen"}[ev.event]
     zone_zh = f"，区域 {ev.zone}" if ev.zone else ""
     zone_en = f", zone {ev.zone}" if ev.zone else ""
     return (f"{zh_head}（摄像机 {ev.camera_id}{zone_zh}，置信度 {ev.confidence:.2f}）/ "
@@ -253,6 +257,8 @@ def build_incident_message(
     for key in OPTIONAL_GEO_FIELDS:
         if ev.extra.get(key) is not None:
             msg[key] = ev.extra[key]
+    if ev.event == "resolved" and ev.extra.get("reason"):
+        msg["reason"] = ev.extra["reason"]
     return msg
 
 
@@ -332,7 +338,7 @@ def camera_status_message(edge_id: str, camera_id: str, state: Literal["online",
 
 
 # ------------------------------------------------------------------------------------------- validation
-def load_schema(name: Literal["incident", "status"]) -> dict[str, Any]:
+def load_schema(name: Literal["incident", "status", "reply"]) -> dict[str, Any]:
     """The shipped JSON Schema (draft 2020-12) by name."""
     return json.loads((SCHEMA_DIR / _SCHEMA_FILES[name]).read_text(encoding="utf-8"))
 
@@ -349,6 +355,8 @@ def _validator(name: str) -> Any:
 
 
 def _kind_of(msg: Any) -> MessageKind:
+    if isinstance(msg, dict) and "request_id" in msg:
+        return "reply"
     if isinstance(msg, dict) and "state" in msg and "incident_id" not in msg:
         return "camera_status" if "camera_id" in msg else "edge_status"
     return "incident"
@@ -357,12 +365,13 @@ def _kind_of(msg: Any) -> MessageKind:
 def validate_message(msg: Any, kind: MessageKind | None = None) -> None:
     """Raise MessageInvalid unless `msg` (a dict, or the JSON bytes/str on the wire) matches its schema.
 
-    `kind` defaults to what the message looks like: a `state` key means a status message.
+    `kind` defaults to what the message looks like: a `state` key means a status message, a `request_id` a
+    reply to a command (edge/commands.py).
     """
     if isinstance(msg, (bytes, str)):
         msg = json.loads(msg)
     kind = kind or _kind_of(msg)
-    validator = _validator("incident" if kind == "incident" else "status")
+    validator = _validator(kind if kind in ("incident", "reply") else "status")
     errors = sorted(validator.iter_errors(msg), key=lambda e: [str(p) for p in e.absolute_path])
     if kind == "camera_status" and isinstance(msg, dict) and "camera_id" not in msg:
         raise MessageInvalid(kind, ["camera_id: required for a camera status"])

@@ -5,6 +5,7 @@
 {prefix}/{edge_id}/camera/{camera_id}/status    retained camera status
 {prefix}/{edge_id}/incident/{camera_id}         incident messages (JSON, schema 1), QoS 1, not retained
 {prefix}/{edge_id}/evidence/{incident_id}       evidence JPEG bytes when the broker's `evidence: topic`
+{prefix}/{edge_id}/evidence/snapshot-{camera}-{utc}  a snapshot the centre asked for (`cmd/snapshot`)
 {prefix}/{edge_id}/cmd/{command}                commands from the centre (subscribe to `cmd/#`)
 {prefix}/{edge_id}/reply                        replies to commands
 ```

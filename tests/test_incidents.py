@@ -212,3 +212,45 @@ def test_restart_mid_vote_opens_exactly_when_an_uninterrupted_run_does(tmp_path)
     b.close()
     restored = IncidentBook(db2, "edge1", NAMES, RULES2, ListSink(), places=FakePlaces(), evidence=evidence)
     assert [t.evidence for t in restored.open_incidents()] == [b"ponding:0.80"]
+
+
+class FailingSink(ListSink):
+    """Writing the outbox fails once (a full disk, a locked file): the scan must leave no trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = True
+
+    def write_events(self, conn: sqlite3.Connection, events) -> None:
+        if self.fail and events:
+            self.fail = False
+            raise sqlite3.OperationalError("database or disk is full")
+        super().write_events(conn, events)
+
+
+def test_a_failed_commit_leaves_no_open_incident_without_its_opened_message(tmp_path):
+    """The incident row, the id counter and the `opened` message commit together or not at all: after a failed
+    commit the next scans open the incident and send `opened` — it is neither lost nor silently half-open."""
+    db = str(tmp_path / "s.db")
+    sink = FailingSink()
+    book = IncidentBook(db, "edge1", NAMES, RULES, sink)
+    img = np.zeros((100, 200, 3), np.uint8)
+    box = dets([[50, 40, 90, 70]])
+    failed_at = None
+    for t in np.arange(0.0, 20.0, 2.0):
+        try:
+            book.update("cam", float(t), box, [None], img)
+        except sqlite3.OperationalError:
+            failed_at = float(t)
+            conn = sqlite3.connect(db)
+            assert conn.execute("SELECT COUNT(*) FROM incidents").fetchone()[0] == 0  # nothing half-written
+            assert conn.execute("SELECT v FROM meta WHERE k='counter'").fetchone() is None
+            conn.close()
+    assert failed_at is not None
+    opened = [e for e in sink.events if e.event == "opened"]
+    assert len(opened) == 1 and opened[0].ts > failed_at  # opened by a later scan, once
+    assert opened[0].incident_id.endswith("-0001")  # the failed scan's id was not consumed on disk
+    book.close()
+    again = IncidentBook(db, "edge1", NAMES, RULES, ListSink())
+    assert [t.incident_id for t in again._tracks if t.is_open] == [opened[0].incident_id]
+    again.close()
