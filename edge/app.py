@@ -240,11 +240,11 @@ class EdgeApp:
         h, w = frame.image.shape[:2]
         dets = self.L.detector.detect(frame.image, conf=rs.min_threshold)
         with self._state_lock:
-            kept, zone_idx = rs.apply(dets, w, h)
+            kept, zone_idx, strong = rs.apply_with_weak(dets, w, h)
             zones = [rs.zone_name(int(z)) for z in zone_idx]
             ground = self.L.locator.ground(frame.camera_id, kept, w, h)
-            self.L.locator.record_covers(kept, ground, frame.ts)
-            events = self.book.update(frame.camera_id, frame.ts, kept, zones, frame.image, ground)
+            self.L.locator.record_covers(kept[strong], ground.subset(strong), frame.ts)
+            events = self.book.update(frame.camera_id, frame.ts, kept, zones, frame.image, ground, strong=strong)
             if self.commands.wants_frame(frame.camera_id):
                 self.commands.on_frame(frame.camera_id, frame.ts, frame.image)
         with self._lock:

@@ -64,6 +64,10 @@ class Persistence(_Base):
                             "but reports later.")
     vote_ratio: float = Field(0.6, gt=0, le=1, description="share of scans in the window that must see it")
     min_scans: int = Field(3, ge=1, description="scans needed in the window before any vote counts")
+    keep_alive_ratio: float = Field(0.6, ge=0, le=1, description="an open incident stays open on sightings down to "
+                                    "this share of its class threshold (hysteresis: a detector that wavers around the "
+                                    "threshold does not resolve and reopen one thing); such weak sightings never open "
+                                    "one. 1 turns it off")
 
 
 DEFAULT_PROFILE = "default"

@@ -50,6 +50,9 @@ class Ground:
     def unknown(cls, n: int) -> "Ground":
         return cls(np.full((n, 2), np.nan), np.full(n, np.nan))
 
+    def subset(self, mask: np.ndarray) -> "Ground":
+        return Ground(self.xy[mask], self.accuracy_m[mask])
+
 
 class Places(Protocol):
     """What the book needs from the geo stage: which cameras can see a ground point, and what the centre
@@ -248,24 +251,29 @@ class IncidentBook:
 
     # ---------------------------------------------------------------- the vote
     def update(self, camera_id: str, ts: float, dets: Detections, zones: list[str | None], image: np.ndarray | None = None,
-               ground: Ground | None = None) -> list[IncidentEvent]:
+               ground: Ground | None = None, strong: np.ndarray | None = None) -> list[IncidentEvent]:
         """One scan of one camera: match sightings to tracks, vote, and return the events it causes (already
         handed to the sink in the same transaction as the state they reflect). `ground` gives each sighting's
-        site-local position; without it this camera's sightings match by image box only."""
+        site-local position; without it this camera's sightings match by image box only. `strong` marks the
+        sightings at or above their class threshold (default: all); the others only keep an open incident
+        open — they never start a candidate nor match one (hysteresis against a detector near its threshold)."""
         rules = self.rules[camera_id]
         h, w = (image.shape[:2] if image is not None else (0, 0))
         ground = ground if ground is not None else Ground.unknown(len(dets))
+        strong = np.ones(len(dets), bool) if strong is None else np.asarray(strong, bool)
         with self._lock:
             expired = [s for s in self._suppressions if s.until_ts <= ts]
             if expired:
                 self._suppressions = [s for s in self._suppressions if s.until_ts > ts]
                 log.info("suppression of %s ended", ", ".join(f"{s.class_name} at {s.incident_id}'s place" for s in expired))
-            matched = self._match(camera_id, dets, ground, rules.match_iou)
+            matched, twins = self._match(camera_id, dets, ground, rules.match_iou, strong)
             seen_keys = set()
             for i, t in matched.items():
                 self._observe(t, camera_id, ts, dets, i, ground, zones[i], image, (w, h))
                 seen_keys.add(t.key)
             for i in range(len(dets)):
+                if i in twins or not strong[i]:
+                    continue  # a second box on a thing this scan already saw (rim and shaft), or a weak sighting
                 if i not in matched and self.class_names[int(dets.class_id[i])] in self.reportable:
                     if self._suppressed(int(dets.class_id[i]), {camera_id: dets.xyxy[i]}, ground.xy[i]):
                         continue  # a dismissed false alarm's place: no candidate, no vote
@@ -287,6 +295,8 @@ class IncidentBook:
                 votes.append((ts, seen))
                 while votes and votes[0][0] < ts - p.window_s:
                     votes.popleft()
+                if not t.is_open and self._near_open(t):
+                    continue  # a candidate that drifted onto an open incident of its class is that incident
                 if not t.is_open:
                     n = len(votes)
                     k = sum(1 for _, s in votes if s)
@@ -386,11 +396,14 @@ class IncidentBook:
             self._count = None  # re-read: the counter writes of this scan were rolled back
             raise
 
-    def _match(self, camera_id: str, dets: Detections, ground: Ground, min_iou: float) -> dict[int, Track]:
+    def _match(self, camera_id: str, dets: Detections, ground: Ground, min_iou: float,
+               strong: np.ndarray) -> tuple[dict[int, Track], set[int]]:
         """Greedy one-to-one matching of sightings to tracks of the same class: by ground distance within the
-        class's merge radius where both positions are known, else by box IoU in this camera's image."""
+        class's merge radius where both positions are known, else by box IoU in this camera's image. Also returns
+        the unmatched sightings that would have matched a track already taken: a second box on one thing (NMS
+        keeps a rim box and a shaft box whose IoU is under its threshold), which must not start a second track."""
         if not self._tracks or len(dets) == 0:
-            return {}
+            return {}, set()
         tc = np.array([t.class_id for t in self._tracks])
         same = dets.class_id[:, None] == tc[None, :]
         tg = np.array([t.ground if t.ground is not None else (np.nan, np.nan) for t in self._tracks], np.float64)
@@ -402,6 +415,9 @@ class IncidentBook:
         iou = np.nan_to_num(box_iou(dets.xyxy, tb), nan=0.0)
         score = np.where(~by_ground & (iou >= min_iou), iou, score)
         score[~same] = -1.0
+        is_open = np.array([t.is_open for t in self._tracks], bool)
+        score[~strong[:, None] & ~is_open[None, :]] = -1.0  # weak sightings: open incidents only
+        near = (score > 0).any(axis=1)
         out: dict[int, Track] = {}
         while True:
             i, j = np.unravel_index(int(np.argmax(score)), score.shape)
@@ -410,7 +426,24 @@ class IncidentBook:
             out[int(i)] = self._tracks[int(j)]
             score[i, :] = -1
             score[:, j] = -1
-        return out
+        return out, {int(i) for i in np.flatnonzero(near) if int(i) not in out}
+
+    def _near_open(self, t: Track) -> bool:
+        """Is there an open incident of the candidate's class within the merge radius (or, without ground
+        positions, overlapping it in a camera both were seen by)?"""
+        r = float(self._radius[t.class_id])
+        for x in self._tracks:
+            if x is t or not x.is_open or x.class_id != t.class_id:
+                continue
+            if t.ground is not None and x.ground is not None:
+                if float(np.hypot(*(t.ground - x.ground))) < r:
+                    return True
+                continue
+            for cam, box in t.boxes.items():
+                if cam in x.boxes and cam in self.rules:
+                    if box_iou(box[None], x.boxes[cam][None])[0, 0] >= self.rules[cam].match_iou:
+                        return True
+        return False
 
     def _new_id(self, ts: float) -> str:
         n = self._counter()

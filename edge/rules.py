@@ -68,17 +68,29 @@ class RuleSet:
         return cls(rules, tuple(class_names), thr, en, amin, amax, polys, zmask.reshape(len(polys), nc))
 
     @property
+    def keep_alive(self) -> np.ndarray:
+        """Per class, the confidence that keeps an open incident open (hysteresis below the threshold)."""
+        return self.thresholds * np.float32(self.rules.persistence.keep_alive_ratio)
+
+    @property
     def min_threshold(self) -> float:
-        """The lowest threshold any enabled class needs: ask the detector for no less."""
-        return float(self.thresholds[self.enabled].min()) if self.enabled.any() else 1.0
+        """The lowest confidence any enabled class needs, keep-alive included: ask the detector for no less."""
+        return float(self.keep_alive[self.enabled].min()) if self.enabled.any() else 1.0
 
     def apply(self, dets: Detections, width: int, height: int) -> tuple[Detections, np.ndarray]:
-        """The detections that count, and the index of the zone each lies in (-1: no zones configured)."""
+        """The detections that count (at or above the threshold), and the zone index of each (-1: no zones)."""
+        kept, zone, strong = self.apply_with_weak(dets, width, height)
+        return kept[strong], zone[strong]
+
+    def apply_with_weak(self, dets: Detections, width: int,
+                        height: int) -> tuple[Detections, np.ndarray, np.ndarray]:
+        """As :meth:`apply`, plus the weak sightings (keep-alive ≤ confidence < threshold) that may only keep an
+        open incident open; the third array says which are strong."""
         if len(dets) == 0:
-            return dets, np.zeros(0, np.int64)
+            return dets, np.zeros(0, np.int64), np.zeros(0, bool)
         c = dets.class_id
         area = (dets.xyxy[:, 2] - dets.xyxy[:, 0]) * (dets.xyxy[:, 3] - dets.xyxy[:, 1]) / float(width * height)
-        keep = self.enabled[c] & (dets.confidence >= self.thresholds[c]) & (area >= self.min_area[c]) & (area <= self.max_area[c])
+        keep = self.enabled[c] & (dets.confidence >= self.keep_alive[c]) & (area >= self.min_area[c]) & (area <= self.max_area[c])
         zone = np.full(len(dets), -1, np.int64)
         if self.zone_polys:
             pts = anchor_points(dets.xyxy) / np.array([width, height])
@@ -87,7 +99,7 @@ class RuleSet:
                 inside = points_in_polygon(pts, self.zone_polys[zi]) & self.zone_class_mask[zi][c]
                 zone[inside] = zi
             keep &= zone < len(self.zone_polys)
-        return dets[keep], zone[keep]
+        return dets[keep], zone[keep], (dets.confidence >= self.thresholds[c])[keep]
 
     def zone_name(self, index: int) -> str | None:
         return self.rules.zones[index].name if 0 <= index < len(self.rules.zones) else None

@@ -254,3 +254,53 @@ def test_a_failed_commit_leaves_no_open_incident_without_its_opened_message(tmp_
     again = IncidentBook(db, "edge1", NAMES, RULES, ListSink())
     assert [t.incident_id for t in again._tracks if t.is_open] == [opened[0].incident_id]
     again.close()
+
+
+def test_two_boxes_on_one_thing_make_one_incident(tmp_path):
+    """NMS may keep two boxes on one open manhole (the rim and the shaft, IoU under its threshold): they are one
+    incident, not two — seen in a scenario replay, where a second track at 0.3 m opened a duplicate."""
+    rng = np.random.default_rng(3)
+    book = IncidentBook(str(tmp_path / "s.db"), "edge1", NAMES, RULES2, ListSink(), places=FakePlaces(),
+                        merge_radius_m={"ponding": 3.0})
+    ev = []
+    for k in range(30):
+        pts = [(8 + rng.normal(0, 0.2), 2 + rng.normal(0, 0.2))]
+        if k % 3:  # most scans see a second box at almost the same place
+            pts.append((8.3 + rng.normal(0, 0.2), 2.2 + rng.normal(0, 0.2)))
+        ev += scan(book, "a", 2.0 * k, pts)
+    assert sum(e.event == "opened" for e in ev) == 1, [(e.event, e.incident_id) for e in ev]
+    assert len([t for t in book._tracks if t.class_id == 2]) == 1  # no lingering twin candidate
+
+
+def test_a_candidate_that_drifts_onto_an_open_incident_is_dropped(tmp_path):
+    book = IncidentBook(str(tmp_path / "s.db"), "edge1", NAMES, RULES2, ListSink(), places=FakePlaces(),
+                        merge_radius_m={"ponding": 3.0})
+    ev = []
+    for k in range(8):
+        ev += scan(book, "a", 2.0 * k, [(8, 2)])  # opens
+    ev += scan(book, "a", 16.0, [(8, 2), (11.5, 2)])  # first seen 3.5 m away (a far, noisy fix): a candidate
+    for k in range(9, 20):
+        ev += scan(book, "a", 2.0 * k, [(8, 2), (10.0, 2)])  # better fixes put it 2 m away: the same thing
+    assert sum(e.event == "opened" for e in ev) == 1, [(e.event, e.incident_id) for e in ev]
+
+
+def test_weak_sightings_keep_an_open_incident_open_but_never_open_one(tmp_path):
+    """Hysteresis: a detector wavering just under its threshold must not resolve and reopen one thing (a
+    duplicate at the centre), and sightings under the threshold alone must never open anything."""
+    box = dets([[50, 40, 90, 70]])
+    img = np.zeros((100, 200, 3), np.uint8)
+    weak, strong = np.array([False]), np.array([True])
+    book = IncidentBook(str(tmp_path / "w.db"), "edge1", NAMES, RULES, ListSink())
+    ev = []
+    for t in np.arange(0.0, 200.0, 2.0):
+        ev += book.update("cam", float(t), box, [None], img, strong=weak)
+    assert ev == []  # weak only: nothing opens, no candidate even
+    assert book._tracks == []
+    for t in np.arange(200.0, 220.0, 2.0):
+        ev += book.update("cam", float(t), box, [None], img, strong=strong)
+    for t in np.arange(220.0, 400.0, 2.0):  # then it wavers under the threshold for three minutes
+        ev += book.update("cam", float(t), box, [None], img, strong=weak)
+    assert [e.event for e in ev] == ["opened"]  # kept open: no resolved, no second opened
+    for t in np.arange(400.0, 440.0, 2.0):  # really gone
+        ev += book.update("cam", float(t), dets([]), [], img)
+    assert [e.event for e in ev] == ["opened", "resolved"]
