@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import ssl
 import sys
 import threading
@@ -80,6 +81,9 @@ class PublisherStats:
     set_aside: int = 0  # rows the broker refused for good, moved out of the queue (outbox, persistent)
     dropped: dict[str, int] | None = None  # rows dropped by the outbox limits, by kind (persistent)
 
+
+# a TLS alert in paho's "failed to receive on socket: [SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] ..." line
+_TLS_ALERT = re.compile(r"\[SSL: ([A-Z0-9_]*ALERT[A-Z0-9_]*)\]")
 
 # PUBACK reasons that retrying cannot fix: the broker's configuration or the message itself must change
 _PERMANENT = {0x87, 0x90, 0x95, 0x99}
@@ -464,6 +468,18 @@ class Publisher:
         py_level = mqtt.LOGGING_LEVEL.get(level, logging.DEBUG)
         if text.startswith("Client is not connected"):
             py_level = logging.DEBUG
+        alert = _TLS_ALERT.search(text) if text.startswith("failed to receive on socket") else None
+        if alert is not None:
+            # TLS 1.3: the broker's verdict on our client certificate arrives after the handshake, as an alert on
+            # the first read — paho then only logs it, once per retry. Name the cause once, as a refusal.
+            py_level = logging.DEBUG
+            name = alert.group(1)
+            cause = ("requires a client certificate — set broker.tls_cert and broker.tls_key (broker_config/"
+                     "add_edge.sh --client-cert makes them)" if "CERTIFICATE_REQUIRED" in name else
+                     "rejected our client certificate — check that broker.tls_cert / tls_key were signed by the "
+                     "broker's CA and are this box's")
+            self._report("refused:tls", logging.ERROR, f"TLS with MQTT broker {self.endpoint}: the broker {cause} "
+                         f"(TLS alert {name}); retrying with backoff")
         _paho_logger.log(py_level, text)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:

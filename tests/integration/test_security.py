@@ -597,6 +597,39 @@ def test_client_certificate_for_mtls(pki: Pki) -> None:
     assert (pki.dir / "accounts" / "edge-m" / "client.key").stat().st_mode & 0o777 == 0o600
 
 
+def test_a_broker_requiring_client_certificates_takes_the_box_with_one_and_refuses_it_without(
+        pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mTLS end to end: `require_certificate true` (broker_config/mosquitto.conf shows where), the box's site
+    file names tls_cert/tls_key made by add_edge.sh --client-cert; without them the handshake fails and the
+    publisher names it as a TLS problem (a configuration error: `run` exits 3)."""
+    run_script(ADD_EDGE, pki.dir, "edge-a", "--client-cert")
+    monkeypatch.setenv("SECURITY_TEST_EDGE_PW", pki.password("edge-a"))
+    acc = pki.dir / "accounts" / "edge-a"
+    with Mosquitto(tmp_path / "mtls", {}, password_file=pki.dir / "passwd", tls=TlsFiles.from_dir(pki.dir),
+                   overrides={"require_certificate": "true"}) as b:
+        with_cert = site_broker(b, pki, tls_cert=str(acc / "client.crt"), tls_key=str(acc / "client.key"))
+        outbox = Outbox(tmp_path / "with.db")
+        outbox.put("cityops/edge-a/incident/cam0", b'{"m": 1}')
+        pub = Publisher(with_cert, "edge-a", outbox, **FAST)  # type: ignore[arg-type]
+        pub.start()
+        try:
+            assert pub.wait_connected(10), pub.stats().last_error
+            assert wait_for(lambda: outbox.pending_count() == 0, 5)  # delivered over mutual TLS
+        finally:
+            pub.stop(0.5)
+            outbox.close()
+        outbox = Outbox(tmp_path / "without.db")
+        pub = Publisher(site_broker(b, pki), "edge-a", outbox, **FAST)  # type: ignore[arg-type]
+        pub.start()
+        try:
+            assert wait_for(lambda: pub.refused is not None, 5), pub.stats().last_error
+            assert "requires a client certificate" in (pub.refused or "") and "tls_cert" in (pub.refused or "")
+            assert not pub.connected
+        finally:
+            pub.stop(0.5)
+            outbox.close()
+
+
 def test_no_secret_in_the_broker_log_or_any_message(broker: Mosquitto, pki: Pki, centre_watch: Client) -> None:
     """Runs last: the broker logged everything (log_type all) for every test above; the centre saw every message
     any test got through."""
