@@ -252,6 +252,11 @@ class GeoConfig(_Base):
     ground_point: dict[str, Literal["bottom", "centre"]] = Field(
         default_factory=lambda: {"ponding": "centre", "manhole_open": "centre", "manhole_cover": "centre"},
         description="which point of the box touches the ground, per class; default bottom (bottom-centre)")
+    base_depth_m: dict[str, float] = Field(
+        default_factory=lambda: {"illegal_structure": 1.5, "material_pile": 0.6, "garbage_pile": 0.4},
+        description="for upright things read at the box's bottom edge: how far behind that edge (away from the "
+                    "camera, on the ground) the middle of the footprint lies — about half the thing's depth. The "
+                    "bottom edge is the nearest corner, so without it a 3 m deep shed lands 1.5 m too near")
     gcj02: bool = Field(False, description="also give GCJ-02 lon/lat (consumer maps in China) in messages")
     projected_crs: str | None = Field(None, description="also give x/y in this projected CRS, e.g. EPSG:4549")
 

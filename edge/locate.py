@@ -36,7 +36,7 @@ class Locator:
     def __init__(self, maps: dict[str, GroundMap], class_names: list[str], ground_point: dict[str, str],
                  grid: GridLayer | None = None, inventory: Inventory | None = None,
                  component_radius_m: float = 2.0, gcj02: bool = False, projector: Projector | None = None,
-                 ledger: CoverLedger | None = None) -> None:
+                 ledger: CoverLedger | None = None, base_depth_m: dict[str, float] | None = None) -> None:
         self.maps = maps
         self.class_names = class_names
         self.grid = grid
@@ -49,6 +49,9 @@ class Locator:
         self.anchor = _anchor(next(iter(maps.values()))) if maps else {"lon": 0.0, "lat": 0.0}
         # per class: 1 where the box centre touches the ground (flat things), 0 for the bottom edge's centre
         self._centre = np.array([ground_point.get(n, "bottom") == "centre" for n in class_names], bool)
+        # per class: metres from the bottom edge's ground point back to the footprint's middle (bottom mode only)
+        self._depth = np.array([0.0 if c else float((base_depth_m or {}).get(n, 0.0))
+                                for n, c in zip(class_names, self._centre)])
         # each camera's local frame → the site frame: a shift (anchors are metres apart, so no rotation)
         self._offset = {}
         for cid, gm in maps.items():
@@ -67,14 +70,15 @@ class Locator:
             return q if q.is_absolute() else base / q
 
         g = site.geo
-        unknown = sorted((set(g.class_merge_radius_m) | set(g.ground_point)) - set(class_names))
+        unknown = sorted((set(g.class_merge_radius_m) | set(g.ground_point) | set(g.base_depth_m)) - set(class_names))
         if unknown:
             raise ConfigError(f"{site_path}: geo: classes {unknown} are not in the model (classes: {class_names})")
         maps = ground_maps(site, Path(site_path))
         grid = GridLayer.load(path(g.grid_layer), f"{site_path}: geo.grid_layer") if g.grid_layer else None
         inv = Inventory.load(path(g.inventory), f"{site_path}: geo.inventory") if g.inventory else None
         proj = Projector(g.projected_crs) if g.projected_crs else None
-        return cls(maps, class_names, dict(g.ground_point), grid, inv, g.component_match_radius_m, g.gcj02, proj)
+        return cls(maps, class_names, dict(g.ground_point), grid, inv, g.component_match_radius_m, g.gcj02, proj,
+                   base_depth_m={n: d for n, d in g.base_depth_m.items() if n in class_names})
 
     # ------------------------------------------------------------------ per scan
     def ground(self, camera_id: str, dets: Detections, width: int, height: int) -> Ground:
@@ -88,7 +92,14 @@ class Locator:
         b = dets.xyxy.astype(np.float64)
         centre = self._centre[dets.class_id]
         uv = np.stack([(b[:, 0] + b[:, 2]) / 2, np.where(centre, (b[:, 1] + b[:, 3]) / 2, b[:, 3])], axis=1)
-        xy = gm.to_ground(uv) + self._offset[camera_id]
+        xy = gm.to_ground(uv)
+        depth = self._depth[dets.class_id]
+        if depth.any():  # away from the camera: the ground direction in which the image goes up at that point
+            away = gm.to_ground(uv - [0.0, 1.0]) - xy
+            norm = np.linalg.norm(away, axis=1, keepdims=True)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                xy = xy + np.where(norm > 0, away / norm, 0.0) * depth[:, None]
+        xy = xy + self._offset[camera_id]
         acc = np.asarray(gm.accuracy_m(uv), np.float64)
         bad = ~np.all(np.isfinite(xy), axis=1)
         acc[bad] = np.nan

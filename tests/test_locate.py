@@ -124,3 +124,25 @@ def test_intact_covers_refresh_the_inventory_ledger(tmp_path, two_cameras):
 def test_site_anchor_roundtrip_is_consistent():
     x, y = lonlat_to_local(*local_to_lonlat(12.0, -7.0, ANCHOR), ANCHOR)
     assert abs(x - 12.0) < 1e-6 and abs(y + 7.0) < 1e-6
+
+
+def test_upright_things_land_behind_their_bottom_edge(two_cameras):
+    """A shed's box bottom is its nearest corner: the point moves base_depth_m away from the camera, along the
+    ground, so two cameras facing each other agree on the middle of its footprint instead of its two fronts."""
+    a, b, maps = two_cameras
+    loc = Locator(maps, NAMES, {}, base_depth_m={"garbage_pile": 1.5})
+    front_a, front_b = np.array([2.0, 13.5]), np.array([2.0, 16.5])  # a 3 m deep thing centred at (2, 15)
+    da = Detections(np.array([box_at(a, front_a)], np.float32), np.array([0.9], np.float32), np.array([3]))
+    db = Detections(np.array([box_at(b, front_b - [10.0, 0.0])], np.float32), np.array([0.9], np.float32), np.array([3]))
+    ga, gb = loc.ground("a", da, 1280, 720).xy[0], loc.ground("b", db, 1280, 720).xy[0]
+    def behind(front, cam_xy):  # 1.5 m further along the camera's line of sight, on the ground
+        ray = front - np.asarray(cam_xy)
+        return front + 1.5 * ray / np.linalg.norm(ray)
+    # image "up" is the line of sight only at the image centre column: a few cm off elsewhere
+    assert np.linalg.norm(ga - behind(front_a, (0.0, 0.0))) < 0.1  # camera a stands at the site origin
+    assert np.linalg.norm(gb - behind(front_b, (0.0, 30.0))) < 0.1  # camera b at (0, 30) in the site frame
+    assert np.linalg.norm(ga - gb) < 0.5  # the two fronts were 3 m apart
+    flat = Locator(maps, NAMES, {"garbage_pile": "centre"}, base_depth_m={"garbage_pile": 1.5})
+    assert np.linalg.norm(flat.ground("a", Detections(np.array([box_at(a, front_a, centre=True)], np.float32),
+                                                      np.array([0.9], np.float32), np.array([3])), 1280, 720).xy[0]
+                          - front_a) < 0.05  # a class read at its box centre is not moved
