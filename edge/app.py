@@ -179,7 +179,7 @@ class EdgeApp:
         `clock`: the time commands act at (default: wall time live, the latest frame's time in a replay)."""
         self.L = loaded
         self.speed = speed
-        self.ts_offset = ts_offset  # replay: media second 0 is this epoch time (messages then carry real dates)
+        self.ts_offset = ts_offset  # file cameras (replay, demo): media second 0 is this epoch time (real dates)
         self.replay = replay
         self.events_out = events_out
         self.on_event = on_event
@@ -270,6 +270,8 @@ class EdgeApp:
                     delay = t0 + (frame.ts - ts0) / self.speed - time.monotonic()
                     if delay > 0 and self.stop_event.wait(delay):
                         break
+                if self.ts_offset and isinstance(src, FileSource):  # a clip as a live camera: real dates
+                    frame = replace(frame, ts=frame.ts + self.ts_offset)
                 self.process(frame)
         except SourceError as e:
             log.error("%s", e)

@@ -11,6 +11,7 @@ import json
 import logging
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -75,7 +76,8 @@ def run_demo(a: argparse.Namespace) -> int:
     print(f"camera(s): {', '.join(c.id for c in loaded.cameras)}; clip played at {speed:g}x real time; "
           f"model {loaded.detector.manifest.name} {loaded.detector.manifest.version}")
     with tempfile.TemporaryDirectory(prefix="cityops-demo-") as tmp:
-        app = EdgeApp(loaded, state_dir=Path(tmp), speed=speed, on_event=_edge_line)
+        # media second 0 = now, so the messages carry today's date (the clip runs 10x: its times run ahead)
+        app = EdgeApp(loaded, state_dir=Path(tmp), speed=speed, on_event=_edge_line, ts_offset=round(time.time()))
         s = app.run_live(duration_s=a.duration)
     intake.stop()
     broker.stop()
