@@ -216,6 +216,10 @@ class Camera(_Base):
     calibration: Calibration | None = None
     open_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(2.0, gt=0)
+    decoder: Literal["auto", "pyav", "opencv"] = Field(
+        "auto", description="how a live camera is read: pyav decodes only keyframes whenever the scan interval is "
+        "at least the camera's keyframe interval (several times less CPU per camera), else every frame; opencv "
+        "decodes every frame; auto = pyav where it is installed. Files (replay) are always read with OpenCV")
 
 
 class Broker(_Base):

@@ -210,6 +210,10 @@ class Detector:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_num_threads
         options.inter_op_num_threads = 1
+        # onnxruntime's worker threads spin for a while after each run, waiting for the next one. A box scans
+        # every couple of seconds, so that spinning is pure waste: measured on the shipped model, 91 → 43 ms of
+        # CPU per inference (2 threads), the wall time unchanged or better
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"])
         verify_model_matches_manifest(self._session, self.manifest, self.model_path)
 

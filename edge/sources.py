@@ -165,6 +165,9 @@ class RtspSource:
         self.on_status = on_status
         self._reader: _Reader | None = None
 
+    # the reading thread's class: edge/ingest.py's PyAV source brings its own
+    _reader_class: type["_Reader"]
+
     @property
     def url(self) -> str:
         """The URL as it may be shown: masked."""
@@ -178,7 +181,7 @@ class RtspSource:
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         """Scans until `stop` is set (checked every 0.1 s, whatever the camera does)."""
-        reader = _Reader(self, stop)
+        reader = self._reader_class(self, stop)
         self._reader = reader
         reader.thread.start()
         try:
@@ -255,10 +258,14 @@ class _Reader:
         log.warning("camera %s: %s (%s); reconnecting", self.src.camera_id, reason, self.shown)
         self.set_state("offline", error=f"{reason} ({self.shown})")
 
+    def stall_after_s(self) -> float:
+        """No frame for this long while online is a stall (the watchdog's limit)."""
+        return 2 * self.src.read_timeout_s
+
     def watchdog(self) -> None:
         """Called by the consumer: a grab that hangs past twice the read timeout (OpenCV's own timeout
         failed) is a stall too. The grabbing thread notices the new generation when the grab returns."""
-        limit = 2 * self.src.read_timeout_s
+        limit = self.stall_after_s()
         with self.lock:
             hung = (self.state == "online" and self.last_frame is not None
                     and time.monotonic() - self.last_frame >= limit)
@@ -379,13 +386,36 @@ class _Reader:
             self.slot.put_nowait((frame, gen))
 
 
+RtspSource._reader_class = _Reader
+
+
+def pyav_available() -> bool:
+    """Whether PyAV (`av`) imports here: `decoder: auto` uses it for live cameras when it does."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def open_source(camera: Camera) -> Source:
-    """rtsp:// and rtsps:// are live cameras; anything else is a video file path (the replay path)."""
+    """rtsp:// and rtsps:// are live cameras; anything else is a video file path (the replay path).
+
+    A live camera is read with PyAV (keyframes only when the scan interval allows, edge/ingest.py) or OpenCV,
+    as its `decoder` says; `auto` means PyAV where it is installed. A replay always reads files with OpenCV,
+    so the same clip gives the same scans whatever the live decoder."""
     where = f"camera {camera.id} url"
     url = camera.url
     live = url.lower().startswith(_RTSP_SCHEMES) or (
         "${" in url and expand_env(url, where).lower().startswith(_RTSP_SCHEMES))
     if live:
-        return RtspSource(camera.id, url, camera.scan_interval_s, open_timeout_s=camera.open_timeout_s,
-                          read_timeout_s=camera.read_timeout_s)
+        kwargs = dict(open_timeout_s=camera.open_timeout_s, read_timeout_s=camera.read_timeout_s)
+        decoder = getattr(camera, "decoder", "auto")
+        if decoder == "pyav" or (decoder == "auto" and pyav_available()):
+            if not pyav_available():
+                raise SourceError(f"camera {camera.id}: decoder: pyav, but PyAV is not installed (pip install av)")
+            from edge.ingest import PyAvSource
+
+            return PyAvSource(camera.id, url, camera.scan_interval_s, **kwargs)
+        return RtspSource(camera.id, url, camera.scan_interval_s, **kwargs)
     return FileSource(camera.id, expand_env(url, where), camera.scan_interval_s)

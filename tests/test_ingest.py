@@ -1,0 +1,182 @@
+"""PyAV ingest (edge/ingest.py) against the real gst-rtsp-server: keyframes only when the scan interval is at
+least the GOP, every frame otherwise; reconnect after a kill, stall on a freeze, never a password shown."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("av")
+
+from edge import sources  # noqa: E402
+from edge.config import Camera  # noqa: E402
+from edge.ingest import PyAvSource  # noqa: E402
+from edge.sources import RtspSource, SourceError, open_source  # noqa: E402
+from fixtures_rtsp import RtspServer, ffmpeg_unavailable, make_clip, rtsp_unavailable  # noqa: E402
+from test_sources import SECRET, Run, closed_port, own_udp_sockets  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """short: 20 fps, keyframe every 10 frames (0.5 s); long: 10 fps, keyframe every 30 frames (3 s)."""
+    if (why := ffmpeg_unavailable()) is not None:
+        pytest.skip(why)
+    d = tmp_path_factory.mktemp("ingest")
+    return {"short": make_clip(d / "short.mp4", seconds=3, fps=20, gop=10),
+            "long": make_clip(d / "long.mp4", seconds=6, fps=10, gop=30),
+            "cam": make_clip(d / "cam.mp4", seconds=4, fps=10, gop=10)}
+
+
+@pytest.fixture(scope="module")
+def rtsp_ok() -> None:
+    if (why := rtsp_unavailable()) is not None:
+        pytest.skip(why)
+
+
+# ----------------------------------------------------------------------------- choosing the decoder
+@pytest.mark.parametrize(("decoder", "installed", "kind"), [
+    ("auto", True, PyAvSource),
+    ("pyav", True, PyAvSource),
+    ("opencv", True, RtspSource),
+    ("auto", False, RtspSource),
+])
+def test_decoder_choice(monkeypatch: pytest.MonkeyPatch, decoder: str, installed: bool, kind: type) -> None:
+    monkeypatch.setattr(sources, "pyav_available", lambda: installed)
+    src = open_source(Camera(id="c1", url="rtsp://u:p@cam.local/s", scan_interval_s=2.0, decoder=decoder))
+    assert type(src) is kind and (src.scan_interval_s, src.read_timeout_s) == (2.0, 2.0)
+
+
+def test_pyav_asked_for_but_missing_is_a_source_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "pyav_available", lambda: False)
+    with pytest.raises(SourceError, match="c1.*pip install av"):
+        open_source(Camera(id="c1", url="rtsp://cam.local/s", decoder="pyav"))
+
+
+def test_files_are_always_read_with_opencv(clips: dict[str, Path]) -> None:
+    src = open_source(Camera(id="c1", url=str(clips["cam"]), decoder="pyav"))
+    assert isinstance(src, sources.FileSource)
+
+
+# ------------------------------------------------------------------------------------ real server
+def test_pyav_unreachable_camera_is_offline_masked_and_stops_promptly(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CAM_PW", SECRET)
+    url = f"rtsp://viewer:${{CAM_PW}}@127.0.0.1:{closed_port()}/cam1"
+    caplog.set_level(logging.DEBUG, logger="edge")
+    run = Run(lambda cb: PyAvSource("cam1", url, 0.5, open_timeout_s=1, read_timeout_s=1, backoff=(0.2, 0.4),
+                                    on_status=cb))
+    run.wait("two failed opens", lambda: sum(s["state"] == "offline" for _, s in run.statuses) >= 2, 10)
+    took = run.close()
+    assert took < 0.5, f"frames() took {took:.2f} s to return after stop"
+    assert not run.frames
+    offline = [s for _, s in run.statuses if s["state"] == "offline"]
+    assert "rtsp://viewer:***@127.0.0.1" in offline[0]["error"]
+    leaks = [where for where, text in [("status", repr(run.statuses)), ("log", caplog.text),
+                                       ("stderr (FFmpeg)", capfd.readouterr().err)] if SECRET in text]
+    assert not leaks, f"password shown in {leaks}"
+
+
+@pytest.mark.slow
+def test_pyav_keyframes_only_when_the_gop_is_shorter_than_the_scan(
+        rtsp_ok: None, clips: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("CAM_PW", SECRET)
+    caplog.set_level(logging.DEBUG, logger="edge")
+    with RtspServer({"cam1": clips["short"]}) as srv:
+        run = Run(lambda cb: PyAvSource("cam1", srv.url("cam1", auth="viewer:${CAM_PW}"), 1.0, on_status=cb))
+        try:
+            run.wait("5 scans", lambda: len(run.frames) >= 5, 25)
+            udp = own_udp_sockets()
+            ingest = run.source.ingest()
+            status = run.source.status()
+        finally:
+            run.close()
+    ts = [f.ts for _, f in run.frames[:5]]
+    gaps = np.diff(ts)
+    assert np.all((gaps > 0.6) & (gaps < 1.5)), gaps  # 1 s, taken from keyframes 0.5 s apart
+    assert abs(ts[-1] - time.time()) < 30  # capture time, epoch
+    assert all(f.image.shape == (180, 320, 3) and f.image.dtype == np.uint8 for _, f in run.frames)
+    assert [f.seq for _, f in run.frames[:5]] == list(range(5))
+    assert ingest["mode"] == "keyframes" and ingest["gop_s"] == pytest.approx(0.5, abs=0.03), ingest
+    # one picture decoded per 10 packets (the keyframes), not every frame
+    assert ingest["packets"] >= 60 and ingest["decoded"] <= ingest["packets"] / 10 + 2, ingest
+    assert status["state"] == "online" and status["reconnects"] == 0 and status["stalls"] == 0
+    assert udp == 0, "RTP should come interleaved over the RTSP TCP connection, not UDP"
+    assert SECRET not in caplog.text and "viewer:***@" in caplog.text
+    assert "decoding keyframes only" not in caplog.text  # never switched away and back
+
+
+@pytest.mark.slow
+def test_pyav_decodes_every_frame_when_the_gop_is_longer_than_the_scan(
+        rtsp_ok: None, clips: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="edge.ingest")
+    with RtspServer({"cam1": clips["long"]}) as srv:
+        run = Run(lambda cb: PyAvSource("cam1", srv.url("cam1"), 0.5, on_status=cb))
+        try:
+            run.wait("decode-all mode", lambda: run.source.ingest()["mode"] == "all", 25)
+            switched = time.monotonic()
+            before = run.source.ingest()
+            run.wait("5 scans after the switch", lambda: len(run.frames_after(switched)) >= 5, 15)
+            after = run.source.ingest()
+            late = run.frames_after(switched)
+        finally:
+            run.close()
+    assert before["gop_s"] == pytest.approx(3.0, abs=0.1), before
+    assert "GOP 3.00 s, scan every 0.50 s: decoding every frame" in caplog.text
+    gaps = np.diff([f.ts for f in late[:5]])
+    assert np.all((gaps > 0.3) & (gaps < 0.8)), gaps  # the scan cadence, not the 3 s keyframe cadence
+    # every packet since the switch was decoded
+    assert after["decoded"] - before["decoded"] >= after["packets"] - before["packets"] - 1, (before, after)
+
+
+@pytest.mark.slow
+def test_pyav_reconnects_after_the_server_comes_back(rtsp_ok: None, clips: dict[str, Path]) -> None:
+    with RtspServer({"cam1": clips["cam"]}) as srv:
+        run = Run(lambda cb: PyAvSource("cam1", srv.url("cam1"), 0.25, open_timeout_s=4, read_timeout_s=1,
+                                        backoff=(0.2, 1.0), on_status=cb))
+        try:
+            run.wait("first frame", lambda: len(run.frames) >= 1, 20)
+            killed = time.monotonic()
+            srv.kill()
+            run.wait("offline", lambda: any(at > killed and s["state"] == "offline" for at, s in run.statuses), 5)
+            srv.restart()
+            back = time.monotonic()
+            run.wait("frames after the restart", lambda: len(run.frames_after(back)) >= 2, 20)
+            status = run.source.status()
+        finally:
+            run.close()
+    assert status["state"] == "online" and status["reconnects"] >= 1 and status["stalls"] == 0
+    offline = next(s for at, s in run.statuses if at > killed and s["state"] == "offline")
+    assert "connection broke" in offline["error"]
+
+
+@pytest.mark.slow
+def test_pyav_frozen_server_is_a_stall_and_no_stale_frame_follows(rtsp_ok: None, clips: dict[str, Path]) -> None:
+    read_timeout = 1.0
+    with RtspServer({"cam1": clips["cam"]}, freeze_after=2.5) as srv:
+        run = Run(lambda cb: PyAvSource("cam1", srv.url("cam1"), 0.2, open_timeout_s=2.5,
+                                        read_timeout_s=read_timeout, backoff=(0.3, 0.6), on_status=cb))
+        try:
+            run.wait("a stall", lambda: any(s["stalls"] for _, s in run.statuses), 20)
+            stalled_at, stall = next((at, s) for at, s in run.statuses if s["stalls"])
+            time.sleep(4.0)  # still frozen: a reopen attempt times out, nothing may come out
+            late = run.frames_after(stalled_at)
+            status = run.source.status()
+        finally:
+            run.close()
+    assert run.frames, "no frame before the freeze"
+    assert stall["state"] == "offline" and "stalled" in stall["error"]
+    assert stall["last_frame_age_s"] <= read_timeout + 0.5
+    assert not late, f"{len(late)} frames handed out after the stall"
+    assert status["state"] in ("offline", "connecting") and status["reconnects"] >= 1
+
+
+def test_stop_event_unused_thread_free() -> None:
+    """A source that was never started reports offline and holds no thread."""
+    src = PyAvSource("cam1", "rtsp://127.0.0.1:1/x", 2.0)
+    assert src.status()["state"] == "offline" and src.ingest()["mode"] is None
+    assert not any(t.name == "pyav-cam1" for t in threading.enumerate())
