@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models-dir", default=str(ROOT / "models"))
     s.add_argument("--skip-measure", action="store_true", help="do not measure the model for its card")
     s.add_argument("--test-images", type=int, default=300, help="images in each rendered test set")
+    s.add_argument("--render-px", type=int, default=640, help="size the training images are rendered at")
+    s.add_argument("--val-fraction", type=float, default=0.08, help="share of the rendered images kept for val")
+    s.add_argument("--model-version", default="1.0.0", help="version written to the manifest (messages carry it)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("measure-model", help="measure a model on data it never saw and rewrite its model card")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -178,7 +179,7 @@ def write_card(model: Path, figures: dict[str, Any], recipe: dict[str, Any]) -> 
          f"[1, 4+{len(man['classes'])}, N], no NMS in the graph (the runtime does it).",
          f"- Architecture: `{recipe.get('arch')}` trained from scratch (no pretrained weights), {recipe.get('epochs')} epochs, "
          f"imgsz {recipe.get('imgsz')}, batch {recipe.get('batch')}, on {recipe.get('device')}; "
-         f"training took {recipe.get('train_minutes', '?')} min on {figures.get('machine')}.",
+         f"training took {recipe.get('train_minutes', '?')} min on {recipe.get('trained_on') or figures.get('machine')}.",
          f"- Training data: {recipe.get('data_summary')}",
          *_stage_lines(recipe.get("previous_stage")),
          *([f"- Note: {recipe['note']}"] if recipe.get("note") else []),
@@ -268,7 +269,9 @@ def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[in
     if a.data:
         data = Path(a.data).resolve()
     else:
-        data = write_dataset(out / "data", a.images, a.seed, 640, val_fraction=0.08, progress=progress_cls("rendering"))
+        # rendering is deterministic per seed whatever the number of processes: use every core
+        data = write_dataset(out / "data", a.images, a.seed, a.render_px, val_fraction=a.val_fraction,
+                             workers=os.cpu_count() or 2, progress=progress_cls("rendering"))
     t0 = time.monotonic()
     best = train_yolo(data, out, a.epochs, a.imgsz, a.arch, a.batch, device=a.device, workers=a.workers, hours=a.hours,
                       init_weights=Path(a.init_weights) if a.init_weights else None, lr0=a.lr0,
@@ -289,20 +292,23 @@ def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[in
                               "~15 % of the rendered streets hold hard negatives only)",
               "lr0": a.lr0 if a.lr0 is not None else "auto (AdamW 0.001)",
               "command": "python run_edge.py train "
-                         + (f"--data {a.data} " if a.data else f"--images {meta.get('images', a.images)} --seed {meta.get('seed', a.seed)} ")
+                         + (f"--data {a.data} " if a.data else f"--images {meta.get('images', a.images)} --seed {meta.get('seed', a.seed)} "
+                            + (f"--render-px {a.render_px} " if a.render_px != 640 else "")
+                            + (f"--val-fraction {a.val_fraction} " if a.val_fraction != 0.08 else ""))
+                         + (f"--device {a.device} --workers {a.workers} --batch {a.batch} " if a.device != "cpu" else "")
                          + f"--epochs {a.epochs} --imgsz {a.imgsz} --arch {a.arch}" + (f" --hours {a.hours}" if a.hours else "")
                          + (f" --init-weights {a.init_weights} --warmup-epochs {a.warmup_epochs} --stage-name {a.stage_name}"
                             if a.init_weights else "") + (f" --lr0 {a.lr0}" if a.lr0 is not None else "")}
     if earlier:
         recipe["previous_stage"] = earlier
-    write_manifest(onnx_path, a.name, "1.0.0", a.imgsz, {"recipe": recipe})
+    write_manifest(onnx_path, a.name, a.model_version, a.imgsz, {"recipe": recipe})
     from .synth.dataset import negatives_dataset
 
     calib = out / "calib_negatives" / "data.yaml"
     if not calib.exists():
         negatives_dataset(calib.parent, 300, CALIB_SEED_NEG, 640, progress=progress_cls("rendering calibration negatives"))
     thresholds = choose_thresholds(onnx_path, data, negatives_yaml=calib)
-    write_manifest(onnx_path, a.name, "1.0.0", a.imgsz,
+    write_manifest(onnx_path, a.name, a.model_version, a.imgsz,
                    {"recipe": recipe, "thresholds_from": "max F1 on the training set's val split, raised to keep "
                     f"<= {FP_BUDGET_PER_100} alarms per 100 calibration negatives (seed {CALIB_SEED_NEG}) per class"},
                    thresholds)
