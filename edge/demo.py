@@ -77,7 +77,9 @@ def run_demo(a: argparse.Namespace) -> int:
           f"model {loaded.detector.manifest.name} {loaded.detector.manifest.version}")
     with tempfile.TemporaryDirectory(prefix="cityops-demo-") as tmp:
         # media second 0 = now, so the messages carry today's date (the clip runs 10x: its times run ahead)
-        app = EdgeApp(loaded, state_dir=Path(tmp), speed=speed, on_event=_edge_line, ts_offset=round(time.time()))
+        start = round(time.time())
+        app = EdgeApp(loaded, state_dir=Path(tmp), speed=speed, ts_offset=start,
+                      on_event=lambda ev: _edge_line(ev, start))
         s = app.run_live(duration_s=a.duration)
     intake.stop()
     broker.stop()
@@ -90,5 +92,5 @@ def run_demo(a: argparse.Namespace) -> int:
     return 0 if not s.camera_errors else 1
 
 
-def _edge_line(ev) -> None:
-    print(f"edge: {ev.event:<8} {ev.incident_id}  {ev.class_name:<17} at media {ev.ts:6.1f}s", flush=True)
+def _edge_line(ev, start: float) -> None:
+    print(f"edge: {ev.event:<8} {ev.incident_id}  {ev.class_name:<17} at media {ev.ts - start:6.1f}s", flush=True)
