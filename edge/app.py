@@ -238,7 +238,7 @@ class EdgeApp:
         self.apply_commands()
         rs = self.L.rulesets[frame.camera_id]
         h, w = frame.image.shape[:2]
-        dets = self.L.detector.detect(frame.image, conf=rs.min_threshold)
+        dets = self.L.detector.detect_tiled(frame.image, rs.tiles_px(w, h), conf=rs.min_threshold)
         with self._state_lock:
             kept, zone_idx, strong = rs.apply_with_weak(dets, w, h)
             zones = [rs.zone_name(int(z)) for z in zone_idx]

@@ -116,8 +116,21 @@ class Rules(_Base):
     update_interval_s: float = Field(300.0, gt=0, description="at most one `updated` per incident this often")
     match_iou: float = Field(0.3, gt=0, le=1, description="image-box IoU that makes two sightings one incident "
                              "(cameras without ground calibration)")
+    tiles: list[tuple[float, float, float, float]] = Field(
+        default_factory=list, description="[x0, y0, x1, y1] rectangles (normalised) also scanned as crops at up to "
+        "native resolution, for small far things (a manhole 40 m away is a few pixels once the whole frame is "
+        "shrunk to the model's input); each tile costs one more inference per scan")
     profiles: dict[str, Profile] = Field(default_factory=dict, description="named variants the centre can switch "
                                          "to (command `profile`); `default` (reserved) means the rules above as they are")
+
+    @field_validator("tiles")
+    @classmethod
+    def _tiles(cls, v: list[tuple[float, float, float, float]]) -> list[tuple[float, float, float, float]]:
+        for i, (x0, y0, x1, y1) in enumerate(v):
+            if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+                raise ValueError(f"tiles[{i}] {[x0, y0, x1, y1]}: need 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 "
+                                 "(normalised image coordinates)")
+        return v
 
     @field_validator("profiles")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -322,6 +322,22 @@ class Detector:
     def detect(self, image: np.ndarray, conf: float | Sequence[float] | np.ndarray | None = None) -> Detections:
         """Detect in one BGR frame; boxes in that frame's pixels."""
         return self.detect_batch([image], conf)[0]
+
+    def detect_tiled(self, image: np.ndarray, tiles: Sequence[tuple[int, int, int, int]],
+                     conf: float | Sequence[float] | np.ndarray | None = None) -> Detections:
+        """Detect in the whole frame and in each pixel rectangle `tiles` (x0, y0, x1, y1) as its own crop, so a
+        small far thing is seen at up to native resolution; boxes in frame pixels, duplicates removed by NMS."""
+        if not tiles:
+            return self.detect(image, conf)
+        crops = [image] + [image[y0:y1, x0:x1] for x0, y0, x1, y1 in tiles]
+        found = self.detect_batch(crops, conf)
+        shifted = [found[0]] + [replace(d, xyxy=d.xyxy + np.array([x0, y0, x0, y0], dtype=d.xyxy.dtype))
+                                for d, (x0, y0, _, _) in zip(found[1:], tiles)]
+        merged = Detections.merge(shifted)
+        if len(merged) == 0:
+            return merged
+        return merged[nms(merged.xyxy, merged.confidence, merged.class_id, self.manifest.nms_iou,
+                          self.manifest.max_detections)]
 
 
 def _as_bgr(image: np.ndarray) -> np.ndarray:

@@ -67,6 +67,11 @@ class RuleSet:
         zmask = np.array([[z.classes is None or n in z.classes for n in class_names] for z in rules.zones], bool)
         return cls(rules, tuple(class_names), thr, en, amin, amax, polys, zmask.reshape(len(polys), nc))
 
+    def tiles_px(self, width: int, height: int) -> list[tuple[int, int, int, int]]:
+        """The rules' tiles in this frame's pixels."""
+        return [(int(x0 * width), int(y0 * height), int(np.ceil(x1 * width)), int(np.ceil(y1 * height)))
+                for x0, y0, x1, y1 in self.rules.tiles]
+
     @property
     def keep_alive(self) -> np.ndarray:
         """Per class, the confidence that keeps an open incident open (hysteresis below the threshold)."""

@@ -340,3 +340,29 @@ def test_manifest_bad_json(tmp_path: Path) -> None:
         load_manifest(path)
     with pytest.raises(ManifestError, match=r"missing\.manifest\.json: cannot read manifest"):
         load_manifest(tmp_path / "missing.manifest.json")
+
+
+def test_tiles_are_scanned_as_crops_and_mapped_back_to_the_frame(tmp_path):
+    """Tiles (rules `tiles:`) see a region at up to native resolution; their boxes come back in frame pixels, and a
+    tile that sees what the whole frame saw adds no duplicate."""
+    from const_site import write_model
+
+    from edge.detector import Detector
+
+    det = Detector(write_model(tmp_path))  # one ponding box, centre (160, 200), 80x40, in model (320 px) coordinates
+    img = np.full((640, 640, 3), 96, np.uint8)
+    whole = det.detect(img)
+    assert np.allclose(whole.xyxy, [[240, 360, 400, 440]])  # the frame shrunk by 2
+    tiled = det.detect_tiled(img, [(0, 0, 320, 320), (320, 320, 640, 640), (0, 0, 640, 640)])
+    got = sorted(map(tuple, np.round(tiled.xyxy).astype(int).tolist()))
+    assert got == [(120, 180, 200, 220), (240, 360, 400, 440), (440, 500, 520, 540)]  # the last tile = the frame
+    assert det.detect_tiled(img, []) == whole
+
+
+def test_tiles_outside_the_image_are_refused_naming_the_tile():
+    from pydantic import ValidationError
+
+    from edge.config import Rules
+
+    with pytest.raises(ValidationError, match=r"tiles\[1\]"):
+        Rules.model_validate({"tiles": [[0, 0, 0.5, 0.5], [0.5, 0.2, 1.2, 0.6]]})
