@@ -26,7 +26,6 @@ from typing import Any
 import av
 import av.error
 
-from edge.config import ConfigError, expand_env, mask_url
 from edge.sources import _CATCH_UP_MAX_S, RtspSource, _Reader, _scrub
 from edge.types import Frame
 
@@ -80,29 +79,18 @@ class _PyAvReader(_Reader):
         with self.lock:
             gen = self.gen
         say = log.warning if failures % 10 == 0 else log.debug  # a dead camera: not a warning every second
-        try:
-            url = expand_env(src._url, f"camera {src.camera_id} url")
-        except ConfigError as e:  # names the variable, never a value
-            say("camera %s: %s", src.camera_id, e)
-            self.set_state("offline", error=str(e))
+        if (url := self.open_url(say)) is None:
             return False
-        self.shown = shown = mask_url(url)
+        shown = self.shown
         try:
             # (open, read) timeouts: without them a dead camera blocks the open and a frozen one each read
             container = av.open(url, options=dict(_OPEN_OPTIONS),
                                 timeout=(src.open_timeout_s, src.read_timeout_s))
         except (av.error.FFmpegError, OSError) as e:  # PyAV's messages carry the URL: scrubbed
-            msg = _scrub(str(e), url)
-            why = f"cannot open {shown}: {msg}"
-            say("camera %s: %s", src.camera_id, why)
-            self.set_state("offline", error=why)
-            return False
+            return self.open_failed(say, f"cannot open {shown}: {_scrub(str(e), url)}")
         try:
             if not container.streams.video:
-                why = f"cannot open {shown}: no video stream"
-                say("camera %s: %s", src.camera_id, why)
-                self.set_state("offline", error=why)
-                return False
+                return self.open_failed(say, f"cannot open {shown}: no video stream")
             log.info("camera %s: opened %s (PyAV)", src.camera_id, shown)
             return self.pump(container, gen, url)
         finally:

@@ -303,6 +303,24 @@ class _Reader:
         while not self.stopped() and (left := end - time.monotonic()) > 0:
             self.halt.wait(min(_POLL_S, left))
 
+    def open_url(self, say: Callable[..., None]) -> str | None:
+        """The camera's URL with its ${VARIABLES} filled in at this open (`shown` becomes its masked form); None,
+        reported, when a variable is unset."""
+        src = self.src
+        try:
+            url = expand_env(src._url, f"camera {src.camera_id} url")
+        except ConfigError as e:  # names the variable, never a value
+            self.open_failed(say, str(e))
+            return None
+        self.shown = mask_url(url)
+        return url
+
+    def open_failed(self, say: Callable[..., None], why: str) -> bool:
+        """Report an open that gave nothing (the caller backs off and retries); always False."""
+        say("camera %s: %s", self.src.camera_id, why)
+        self.set_state("offline", error=why)
+        return False
+
     def session(self, failures: int) -> bool:
         """Open, pump frames until the stream breaks or stalls, release. True when frames flowed.
         `failures` (opens in a row that gave nothing) only tones the logging down."""
@@ -310,25 +328,16 @@ class _Reader:
         with self.lock:
             gen = self.gen
         say = log.warning if failures % 10 == 0 else log.debug  # a dead camera: not a warning every second
-        try:
-            url = expand_env(src._url, f"camera {src.camera_id} url")
-        except ConfigError as e:  # names the variable, never a value
-            say("camera %s: %s", src.camera_id, e)
-            self.set_state("offline", error=str(e))
+        if (url := self.open_url(say)) is None:
             return False
-        self.shown = shown = mask_url(url)
+        shown = self.shown
         try:
             cap = _open_capture(url, src.open_timeout_s, src.read_timeout_s)
         except Exception as e:  # cv2.error and the like: report, back off, retry
-            msg = _scrub(str(e), url)
-            say("camera %s: cannot open %s: %s", src.camera_id, shown, msg)
-            self.set_state("offline", error=f"cannot open {shown}: {msg}")
-            return False
+            return self.open_failed(say, f"cannot open {shown}: {_scrub(str(e), url)}")
         if cap is None:
-            why = f"cannot open {shown}: refused, unreachable, or no video within {src.open_timeout_s:g} s"
-            say("camera %s: %s", src.camera_id, why)
-            self.set_state("offline", error=why)
-            return False
+            return self.open_failed(say, f"cannot open {shown}: refused, unreachable, or no video within "
+                                         f"{src.open_timeout_s:g} s")
         try:
             log.info("camera %s: opened %s", src.camera_id, shown)
             return self.pump(cap, gen)
