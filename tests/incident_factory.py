@@ -27,3 +27,18 @@ def make_event(i: int = 0, *, class_name: str = "garbage_pile", event: str = "op
         accuracy_m=1.8 if located else None, evidence_jpeg=jpeg)
     fields.update(kw)
     return IncidentEvent(**fields)
+
+
+def enqueue_events(outbox, start: int, n: int, *, edge_id: str, cameras: int) -> list[str]:
+    """Put events start..start+n-1 (inline evidence, camera i % cameras) into an outbox, one transaction each;
+    returns their message ids in order."""
+    from edge.messages import incident_publications
+
+    manifest = make_manifest()
+    ids = []
+    for i in range(start, start + n):
+        ev = make_event(i, camera_id=f"cam{i % cameras}")
+        outbox.put_many(incident_publications(ev, edge_id=edge_id, admin_code="320582", utc_offset="+08:00",
+                                              manifest=manifest, evidence_mode="inline"))
+        ids.append(ev.message_id)
+    return ids

@@ -17,7 +17,9 @@ from edge.config import Camera  # noqa: E402
 from edge.ingest import PyAvSource  # noqa: E402
 from edge.sources import RtspSource, SourceError, open_source  # noqa: E402
 from fixtures_rtsp import RtspServer, ffmpeg_unavailable, make_clip, rtsp_unavailable  # noqa: E402
-from test_sources import SECRET, Run, closed_port, own_udp_sockets  # noqa: E402
+from test_sources import (  # noqa: E402
+    SECRET, Run, check_frozen_server_is_a_stall, check_reconnects_after_the_server_comes_back,
+    check_unreachable_camera, own_udp_sockets)
 
 
 @pytest.fixture(scope="module")
@@ -64,20 +66,7 @@ def test_files_are_always_read_with_opencv(clips: dict[str, Path]) -> None:
 # ------------------------------------------------------------------------------------ real server
 def test_pyav_unreachable_camera_is_offline_masked_and_stops_promptly(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("CAM_PW", SECRET)
-    url = f"rtsp://viewer:${{CAM_PW}}@127.0.0.1:{closed_port()}/cam1"
-    caplog.set_level(logging.DEBUG, logger="edge")
-    run = Run(lambda cb: PyAvSource("cam1", url, 0.5, open_timeout_s=1, read_timeout_s=1, backoff=(0.2, 0.4),
-                                    on_status=cb))
-    run.wait("two failed opens", lambda: sum(s["state"] == "offline" for _, s in run.statuses) >= 2, 10)
-    took = run.close()
-    assert took < 0.5, f"frames() took {took:.2f} s to return after stop"
-    assert not run.frames
-    offline = [s for _, s in run.statuses if s["state"] == "offline"]
-    assert "rtsp://viewer:***@127.0.0.1" in offline[0]["error"]
-    leaks = [where for where, text in [("status", repr(run.statuses)), ("log", caplog.text),
-                                       ("stderr (FFmpeg)", capfd.readouterr().err)] if SECRET in text]
-    assert not leaks, f"password shown in {leaks}"
+    check_unreachable_camera(PyAvSource, monkeypatch, caplog, capfd)
 
 
 @pytest.mark.slow
@@ -135,44 +124,12 @@ def test_pyav_decodes_every_frame_when_the_gop_is_longer_than_the_scan(
 
 @pytest.mark.slow
 def test_pyav_reconnects_after_the_server_comes_back(rtsp_ok: None, clips: dict[str, Path]) -> None:
-    with RtspServer({"cam1": clips["cam"]}) as srv:
-        run = Run(lambda cb: PyAvSource("cam1", srv.url("cam1"), 0.25, open_timeout_s=4, read_timeout_s=1,
-                                        backoff=(0.2, 1.0), on_status=cb))
-        try:
-            run.wait("first frame", lambda: len(run.frames) >= 1, 20)
-            killed = time.monotonic()
-            srv.kill()
-            run.wait("offline", lambda: any(at > killed and s["state"] == "offline" for at, s in run.statuses), 5)
-            srv.restart()
-            back = time.monotonic()
-            run.wait("frames after the restart", lambda: len(run.frames_after(back)) >= 2, 20)
-            status = run.source.status()
-        finally:
-            run.close()
-    assert status["state"] == "online" and status["reconnects"] >= 1 and status["stalls"] == 0
-    offline = next(s for at, s in run.statuses if at > killed and s["state"] == "offline")
-    assert "connection broke" in offline["error"]
+    check_reconnects_after_the_server_comes_back(PyAvSource, clips["cam"])
 
 
 @pytest.mark.slow
 def test_pyav_frozen_server_is_a_stall_and_no_stale_frame_follows(rtsp_ok: None, clips: dict[str, Path]) -> None:
-    read_timeout = 1.0
-    with RtspServer({"cam1": clips["cam"]}, freeze_after=2.5) as srv:
-        run = Run(lambda cb: PyAvSource("cam1", srv.url("cam1"), 0.2, open_timeout_s=2.5,
-                                        read_timeout_s=read_timeout, backoff=(0.3, 0.6), on_status=cb))
-        try:
-            run.wait("a stall", lambda: any(s["stalls"] for _, s in run.statuses), 20)
-            stalled_at, stall = next((at, s) for at, s in run.statuses if s["stalls"])
-            time.sleep(4.0)  # still frozen: a reopen attempt times out, nothing may come out
-            late = run.frames_after(stalled_at)
-            status = run.source.status()
-        finally:
-            run.close()
-    assert run.frames, "no frame before the freeze"
-    assert stall["state"] == "offline" and "stalled" in stall["error"]
-    assert stall["last_frame_age_s"] <= read_timeout + 0.5
-    assert not late, f"{len(late)} frames handed out after the stall"
-    assert status["state"] in ("offline", "connecting") and status["reconnects"] >= 1
+    check_frozen_server_is_a_stall(PyAvSource, clips["cam"], max_frame_age_s=1.0 + 0.5)  # PyAV: no stale reads
 
 
 def test_stop_event_unused_thread_free() -> None:

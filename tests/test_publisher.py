@@ -17,17 +17,15 @@ from typing import Any
 import pytest
 
 from edge.config import Broker, ConfigError
-from edge.messages import incident_publications
 from edge.outbox import Outbox
 from edge.publisher import Publisher, broker_credentials
 from fixtures_mqtt import Mosquitto, Subscriber
-from incident_factory import make_event, make_manifest
+from incident_factory import enqueue_events
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGE = "edge-t1"
 EDGE_PW = "s3cret-Edge-pw!"
 CENTRE = ("centre", "centre-pw")
-MANIFEST = make_manifest()
 FAST = dict(reconnect_delay=(0.1, 0.5), retry_delay=(0.1, 0.3))
 
 
@@ -47,14 +45,7 @@ def broker_cfg(port: int, **kw: Any) -> Broker:
 
 
 def enqueue(outbox: Outbox, start: int, n: int) -> list[str]:
-    """Put n incident messages (inline evidence) into the outbox; returns their message ids in order."""
-    ids = []
-    for i in range(start, start + n):
-        ev = make_event(i, camera_id=f"cam{i % 3}")
-        outbox.put_many(incident_publications(ev, edge_id=EDGE, admin_code="320582", utc_offset="+08:00",
-                                              manifest=MANIFEST, evidence_mode="inline"))
-        ids.append(ev.message_id)
-    return ids
+    return enqueue_events(outbox, start, n, edge_id=EDGE, cameras=3)
 
 
 def received_ids(sub: Subscriber) -> list[str]:

@@ -37,11 +37,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.config import Broker
-from edge.messages import incident_publications
 from edge.outbox import Outbox
 from edge.publisher import Publisher
 from fixtures_mqtt import Mosquitto, TlsFiles
-from incident_factory import make_event, make_manifest
+from incident_factory import enqueue_events
 
 ROOT = Path(__file__).resolve().parents[2]
 MAKE_CERTS = ROOT / "broker_config" / "make_certs.sh"
@@ -394,17 +393,10 @@ def test_centre_clients_share_one_account(broker: Mosquitto, pki: Pki) -> None:
 
 # ------------------------------------------------------------------------------- the edge's Publisher
 EDGE = "edge-a"
-MANIFEST = make_manifest()
 
 
 def enqueue(outbox: Outbox, start: int, n: int) -> list[str]:
-    ids = []
-    for i in range(start, start + n):
-        ev = make_event(i, camera_id=f"cam{i % 2}")
-        outbox.put_many(incident_publications(ev, edge_id=EDGE, admin_code="320582", utc_offset="+08:00",
-                                              manifest=MANIFEST, evidence_mode="inline"))
-        ids.append(ev.message_id)
-    return ids
+    return enqueue_events(outbox, start, n, edge_id=EDGE, cameras=2)
 
 
 def site_broker(broker: Mosquitto, pki: Pki, **kw: Any) -> Broker:
