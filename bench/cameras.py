@@ -102,20 +102,23 @@ def child_ours(a: argparse.Namespace) -> int:
     lock = threading.Lock()
     scans: list[tuple[float, float]] = []        # (done wall time, lag s)
     seen: set[str] = set()                       # cameras that made a scan
-    infer_cpu: dict[int, float] = {}             # native tid → CPU s inside detect()
+    infer_cpu: dict[int, float] = {}             # native tid → CPU s of pre/post-processing on the camera threads
+    from edge.batcher import SharedDetector
+
     det = loaded.detector
     detect = det.detect
+    shared_detect = SharedDetector.detect_tiled
 
-    def timed_detect(*args: Any, **kw: Any) -> Any:
-        c0 = time.thread_time()
+    def timed_detect(self: Any, *args: Any, **kw: Any) -> Any:
+        c0 = time.thread_time()  # this thread's CPU only: the wait for the inference thread costs nothing
         try:
-            return detect(*args, **kw)
+            return shared_detect(self, *args, **kw)
         finally:
             tid = threading.get_native_id()
             with lock:
                 infer_cpu[tid] = infer_cpu.get(tid, 0.0) + time.thread_time() - c0
 
-    det.detect = timed_detect  # type: ignore[method-assign]
+    SharedDetector.detect_tiled = timed_detect  # type: ignore[method-assign]
     process = app.process
 
     def timed_process(frame: Any) -> Any:
@@ -134,7 +137,8 @@ def child_ours(a: argparse.Namespace) -> int:
     def mark(name: str) -> None:
         py = {t.native_id: t.name for t in threading.enumerate()}
         with lock:
-            marks[name] = dict(wall=time.time(), threads=_thread_cpu(), names=py, infer=dict(infer_cpu))
+            marks[name] = dict(wall=time.time(), threads=_thread_cpu(), names=py, infer=dict(infer_cpu),
+                               batching=app.detector.stats() if hasattr(app.detector, "stats") else None)
         print(f"MARK {name}", flush=True)
 
     def clock() -> None:
@@ -172,9 +176,14 @@ def child_ours(a: argparse.Namespace) -> int:
             native += used  # onnxruntime's pool (and any other native thread)
         elif name.startswith(("pyav-", "rtsp-")):
             decode += used
+        elif name == "inference":  # the shared detector's thread: session.run for every camera's batch
+            native += used
     inference = native + sum(v - w["infer"].get(t, 0.0) for t, v in e["infer"].items())
     window = [lag for done, lag in scans if w["wall"] <= done <= e["wall"]]
-    Path(a.stats).write_text(json.dumps(dict(lags=window, decode_cpu_s=decode, inference_cpu_s=inference)))
+    b0, b1 = w["batching"] or {}, e["batching"] or {}
+    calls, frames = b1.get("calls", 0) - b0.get("calls", 0), b1.get("frames", 0) - b0.get("frames", 0)
+    Path(a.stats).write_text(json.dumps(dict(lags=window, decode_cpu_s=decode, inference_cpu_s=inference,
+                                             mean_batch=round(frames / calls, 2) if calls else None)))
     return 0
 
 
@@ -315,6 +324,7 @@ def run_phase(kind: str, n: int, a: argparse.Namespace, work: Path, urls: list[s
         dec, inf = st["decode_cpu_s"], st["inference_cpu_s"]
         out["shares"] = dict(decode=round(dec / cpu, 3), inference=round(inf / cpu, 3),
                              other=round(max(0.0, 1 - (dec + inf) / cpu), 3))
+        out["mean_batch"] = st.get("mean_batch")
     return out
 
 

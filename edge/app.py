@@ -11,6 +11,7 @@ touched by a command and a scan at once. A replay has no broker: `submit_command
 """
 from __future__ import annotations
 
+import collections
 import heapq
 import json
 import logging
@@ -26,13 +27,14 @@ from typing import Any, Callable, Iterator
 
 from .commands import CommandDispatcher
 from .config import DEFAULT_PROFILE, Camera, ConfigError, Rules, Site, load_rules, load_site, mask_url, rules_path
+from .batcher import SharedDetector
 from .detector import Detector
 from .evidence import evidence_jpeg
 from .incidents import IncidentBook
 from .locate import Locator
 from .messages import IncidentSink, camera_status_message
 from .rules import RuleSet
-from .sources import FileSource, RtspSource, SourceError, open_source
+from .sources import FileSource, RtspSource, SourceError, link_state, open_source
 from .topics import Topics
 from .types import Frame, IncidentEvent
 
@@ -50,6 +52,8 @@ class Summary:
     published: int = 0
     pending: int = 0
     camera_errors: dict[str, str] = field(default_factory=dict)
+    scans_by_camera: dict[str, int] = field(default_factory=dict)
+    site_reloads: int = 0
 
 
 @dataclass
@@ -105,8 +109,13 @@ def load_camera_rules(paths: dict[str, Path], class_names: list[str], thresholds
     return rules, rulesets, problems
 
 
-def load_everything(site_path: Path, model: Path | None = None, rules_override: Path | None = None) -> Loaded:
-    """Load site, rules and model, and cross-check them; raise ConfigError listing every problem found."""
+REPLAY_THREADS = 2  # a replay is for speed: onnxruntime threads for its one-frame-at-a-time inference
+
+
+def load_everything(site_path: Path, model: Path | None = None, rules_override: Path | None = None,
+                    threads: int | None = None) -> Loaded:
+    """Load site, rules and model, and cross-check them; raise ConfigError listing every problem found.
+    `threads`: onnxruntime threads per inference (default: the site's `inference.threads`)."""
     site_path = Path(site_path).resolve()
     site = load_site(site_path)
     base = site_path.parent
@@ -115,11 +124,18 @@ def load_everything(site_path: Path, model: Path | None = None, rules_override: 
 
     model_path = model or resolve(site.model, base)
     try:
-        det = Detector(model_path)
+        det = Detector(model_path, intra_op_num_threads=threads or site.inference.threads)
     except (ManifestError, ModelMismatchError) as e:
         raise ConfigError(f"{site_path}: model: {e}") from None
     except Exception as e:  # onnxruntime's own errors for a file that is not a model
         raise ConfigError(f"{site_path}: model {model_path}: cannot load ({type(e).__name__}: {e})") from None
+    return complete_site(site, site_path, det, rules_override)
+
+
+def complete_site(site: Site, site_path: Path, det: Detector, rules_override: Path | None = None) -> Loaded:
+    """A loaded site around a detector already made: its cameras' rules, video paths and calibrations, checked
+    together (ConfigError listing every problem). Also what a running box re-reads when its site file changes."""
+    base = site_path.parent
     paths = {cam.id: rules_override or rules_path(site_path, cam) for cam in site.cameras}
     rules, rulesets, problems = load_camera_rules(paths, det.class_names, det.manifest.thresholds,
                                                   check_camera=rules_override is None)
@@ -210,6 +226,8 @@ class EdgeApp:
             self._ledger_conn = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
             loaded.locator.ledger = CoverLedger(self._ledger_conn)
         self.publisher = None
+        # a replay runs one frame at a time; `run_live` swaps in the batching one for its camera threads
+        self.detector: Detector | SharedDetector = loaded.detector
         self._lock = threading.Lock()
         # commands: queued by paho's thread, applied between scans under _state_lock (see the module docstring)
         self._clock = clock
@@ -217,6 +235,9 @@ class EdgeApp:
         self._state_lock = threading.Lock()
         self._commands_in: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=256)
         self._sources: dict[str, Any] = {}
+        self._cams: dict[str, tuple[threading.Thread, threading.Event, Camera]] = {}  # live camera threads
+        self._status_sent: dict[str, tuple[str, float]] = {}  # camera → (state, monotonic) last published
+        self._scan_times: dict[str, collections.deque[float]] = {}  # camera → monotonic times of its scans (1 h)
         self._base_rules: dict[str, Rules] = dict(loaded.rules)
         self.profile = DEFAULT_PROFILE
         saved = self.book.setting("profile")
@@ -236,9 +257,11 @@ class EdgeApp:
         with self._lock:
             self._frame_now = frame.ts if self._frame_now is None else max(self._frame_now, frame.ts)
         self.apply_commands()
-        rs = self.L.rulesets[frame.camera_id]
+        rs = self.L.rulesets.get(frame.camera_id)
+        if rs is None:  # the camera left the site file while this frame was on its way
+            return []
         h, w = frame.image.shape[:2]
-        dets = self.L.detector.detect_tiled(frame.image, rs.tiles_px(w, h), conf=rs.min_threshold)
+        dets = self.detector.detect_tiled(frame.image, rs.tiles_px(w, h), conf=rs.min_threshold)
         with self._state_lock:
             kept, zone_idx, strong = rs.apply_with_weak(dets, w, h)
             zones = [rs.zone_name(int(z)) for z in zone_idx]
@@ -249,6 +272,9 @@ class EdgeApp:
                 self.commands.on_frame(frame.camera_id, frame.ts, frame.image)
         with self._lock:
             self.summary.scans += 1
+            self.summary.scans_by_camera[frame.camera_id] = self.summary.scans_by_camera.get(frame.camera_id, 0) + 1
+            if not self.replay:  # the camera status counts scans of the last hour
+                self._scan_times.setdefault(frame.camera_id, collections.deque()).append(time.monotonic())
             for ev in events:
                 setattr(self.summary, ev.event, getattr(self.summary, ev.event) + 1)
         for ev in events:
@@ -258,18 +284,21 @@ class EdgeApp:
                 self.on_event(ev)
         return events
 
-    def _camera_loop(self, cam: Camera) -> None:
+    def _camera_loop(self, cam: Camera, stop: threading.Event) -> None:
+        """One live camera's thread, until `stop` (the app stopping, or the camera leaving the site file)."""
         try:
             src = self._open(cam)
             if isinstance(src, RtspSource):
                 src.on_status = self._camera_status
             t0, ts0 = time.monotonic(), None
-            for frame in src.frames(self.stop_event):
+            for frame in src.frames(stop):
                 if self.speed and isinstance(src, FileSource):
                     ts0 = frame.ts if ts0 is None else ts0
                     delay = t0 + (frame.ts - ts0) / self.speed - time.monotonic()
-                    if delay > 0 and self.stop_event.wait(delay):
+                    if delay > 0 and stop.wait(delay):
                         break
+                if stop.is_set():
+                    break
                 if self.ts_offset and isinstance(src, FileSource):  # a clip as a live camera: real dates
                     frame = replace(frame, ts=frame.ts + self.ts_offset)
                 self.process(frame)
@@ -283,14 +312,61 @@ class EdgeApp:
                 self.summary.camera_errors[cam.id] = "unexpected error (see log)"
 
     def _camera_status(self, camera_id: str, st: dict[str, Any]) -> None:
+        """A live camera's reader changed state (its thread): tell the centre now."""
+        with self._lock:
+            src = self._sources.get(camera_id)
+        if src is not None:
+            self._publish_camera_status(camera_id, src, st)
+
+    def _status_tick(self, every_s: float) -> None:
+        """Republish each live camera's status when its state moved (degraded comes and goes with time, not with
+        a reader event) or every `every_s`, so the centre sees frame age and link health while all is quiet."""
+        with self._lock:
+            sources = dict(self._sources)
+            sent = dict(self._status_sent)
+        now = time.monotonic()
+        for cid, src in sources.items():
+            if not isinstance(src, RtspSource):
+                continue
+            st = src.status()
+            last = sent.get(cid)
+            if last is None or last[0] != link_state(st, src.read_timeout_s) or now - last[1] >= every_s:
+                self._publish_camera_status(cid, src, st)
+
+    def camera_health(self, camera_id: str, src: Any, st: dict[str, Any]) -> dict[str, Any]:
+        """The `health` object of the camera's status message."""
+        now = time.monotonic()
+        with self._lock:
+            scans = self._scan_times.get(camera_id)
+            while scans and now - scans[0] > 3600:
+                scans.popleft()
+            n_scans = len(scans) if scans else 0
+        health = {"reconnects_1h": st.get("reconnects_1h", 0), "stalls_1h": st.get("stalls_1h", 0),
+                  "last_frame_age_s": st.get("last_frame_age_s"), "scans_1h": n_scans}
+        ingest = getattr(src, "ingest", None)
+        if ingest is not None:
+            info = ingest()
+            health.update(decode=info.get("mode"), gop_s=info.get("gop_s"))
+        return health
+
+    def _publish_camera_status(self, camera_id: str, src: Any, st: dict[str, Any]) -> None:
         """Retained camera status for the centre (never the URL: the source already masks it)."""
+        state = link_state(st, src.read_timeout_s)
+        with self._lock:
+            self._status_sent[camera_id] = (state, time.monotonic())
         if self.publisher is None:
             return
         site = self.L.site
-        state = "online" if st.get("state") == "online" else "offline"
-        detail = {k: st.get(k) for k in ("reconnects", "stalls", "last_frame_age_s")}
-        reason = st.get("error") or (f"{st.get('state')}; " + ", ".join(f"{k} {v}" for k, v in detail.items() if v is not None))
-        msg = camera_status_message(site.edge_id, camera_id, state, ts=time.time(), utc_offset=site.utc_offset, reason=reason)
+        health = self.camera_health(camera_id, src, st)
+        if st.get("error") and state == "offline":
+            reason = st["error"]
+        elif state == "degraded":
+            reason = (f"link broke {health['stalls_1h']} (stalls) + {health['reconnects_1h']} (reopens) times in the "
+                      f"last hour; last frame {health['last_frame_age_s']} s ago")
+        else:
+            reason = st.get("state") if st.get("state") != "online" else None
+        msg = camera_status_message(site.edge_id, camera_id, state, ts=time.time(), utc_offset=site.utc_offset,
+                                    reason=reason, health=health)
         self.publisher.publish_retained(Topics(site.broker.topic_prefix, site.edge_id).camera_status(camera_id), msg)
 
     def _merged_files(self) -> Iterator[Frame]:
@@ -317,6 +393,83 @@ class EdgeApp:
         with self._lock:
             self._sources[cam.id] = src
         return src
+
+    # ------------------------------------------------------------------ cameras coming and going
+    def _start_camera(self, cam: Camera) -> None:
+        stop = threading.Event()
+        t = threading.Thread(target=self._camera_loop, args=(cam, stop), name=f"cam-{cam.id}", daemon=True)
+        with self._lock:
+            self._cams[cam.id] = (t, stop, cam)
+        t.start()
+
+    def _stop_camera(self, camera_id: str, why: str | None) -> None:
+        """Stop a camera's thread (it ends within its open/read timeout); with `why`, the retained status says
+        the camera is disabled and why."""
+        with self._lock:
+            entry = self._cams.pop(camera_id, None)
+            src = self._sources.pop(camera_id, None)
+            self._status_sent.pop(camera_id, None)
+        if entry is not None:
+            entry[1].set()
+        if src is not None and isinstance(src, RtspSource):
+            src.on_status = None  # its reader going offline is not news: the camera is gone
+        if self.publisher is not None and why:
+            site = self.L.site
+            msg = camera_status_message(site.edge_id, camera_id, "disabled", ts=time.time(),
+                                        utc_offset=site.utc_offset, reason=why)
+            self.publisher.publish_retained(Topics(site.broker.topic_prefix, site.edge_id).camera_status(camera_id), msg)
+
+    def _site_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.L.site_path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _reload_site_logged(self) -> None:
+        try:
+            result = self.reload_site()
+        except ConfigError as e:
+            log.error("site file changed but cannot be used; still running the previous cameras:\n%s", e)
+            return
+        if any(result[k] for k in ("added", "changed", "removed")):
+            log.info("site file reloaded: added %s, changed %s, removed %s", result["added"] or "none",
+                     result["changed"] or "none", result["removed"] or "none")
+
+    def reload_site(self) -> dict[str, list[str]]:
+        """Apply the site file as it is now to the running box: cameras added, changed (stopped, started anew) or
+        removed/disabled, with their rule files and calibrations; nothing else stops. Only `cameras` may change
+        while running: a changed edge id, broker, model, geo layer or outbox is a ConfigError (restart to apply),
+        as is any problem `check` would report; then nothing changes at all."""
+        old = self.L
+        new_site = load_site(old.site_path)
+        others = [k for k in Site.model_fields if k != "cameras" and getattr(new_site, k) != getattr(old.site, k)]
+        if others:
+            raise ConfigError(f"{old.site_path}: {', '.join(others)} changed; only cameras can change while the edge "
+                              "runs: restart it to apply")
+        new = complete_site(new_site, old.site_path, old.detector,
+                            next(iter(old.rules_paths.values())) if old.rules_override else None)
+        before = {c.id: c for c in old.cameras if c.enabled}
+        after = {c.id: c for c in new.cameras if c.enabled}
+        added = sorted(set(after) - set(before))
+        removed = sorted(set(before) - set(after))
+        changed = sorted(cid for cid in set(after) & set(before) if after[cid] != before[cid])
+        with self._state_lock:
+            if old.locator.ledger is not None:
+                new.locator.ledger = old.locator.ledger
+            old.cameras, old.site, old.rules_paths, old.locator = new.cameras, new.site, new.rules_paths, new.locator
+            self._use_rules(new.rules, self.profile)
+        listed = {c.id for c in new.cameras}
+        for cid in removed:
+            self._stop_camera(cid, "disabled in the site file" if cid in listed else "removed from the site file")
+        for cid in changed:
+            self._stop_camera(cid, None)
+        for cid in added + changed:
+            self._start_camera(after[cid])
+        with self._lock:
+            self.summary.cameras = len(after)
+            self.summary.site_reloads += 1
+        return {"added": added, "changed": changed, "removed": removed}
 
     # ------------------------------------------------------------------ commands from the centre
     def submit_command(self, command: str, payload: bytes) -> None:
@@ -375,8 +528,10 @@ class EdgeApp:
         self.book.set_rules(effective)
         with self._lock:
             sources = dict(self._sources)
+        known = {c.id for c in self.L.cameras}
         for cid, src in sources.items():
-            src.scan_interval_s = self.scan_interval(cid)
+            if cid in known:  # (a camera leaving the site file is stopped right after)
+                src.scan_interval_s = self.scan_interval(cid)
 
     def _profile_result(self) -> dict[str, Any]:
         return {"profile": self.profile, "scan_interval_s": {c.id: self.scan_interval(c.id) for c in self.L.cameras}}
@@ -444,9 +599,11 @@ class EdgeApp:
         return self.summary
 
     def run_live(self, duration_s: float | None = None, install_signals: bool = True,
-                 startup_wait_s: float = 10.0) -> Summary:
+                 startup_wait_s: float = 10.0, watch_site: bool = True) -> Summary:
         """Scan every camera until stopped (SIGINT/SIGTERM), `duration_s` passes, or every source ended.
-        A broker that refuses our login at startup is a configuration error: BrokerRefused, nothing scanned."""
+        A broker that refuses our login at startup is a configuration error: BrokerRefused, nothing scanned.
+        `watch_site`: cameras added, changed or removed in the site file are applied within a second or two,
+        without a restart (see `reload_site`)."""
         from .outbox import Outbox, OutboxLimits
         from .publisher import Publisher
 
@@ -466,26 +623,39 @@ class EdgeApp:
                 raise BrokerRefused(self.publisher.refused)
             log.warning("MQTT broker %s:%d not reachable yet; scanning anyway, events wait in the outbox",
                         site.broker.host, site.broker.port)
-        threads = []
+        shared = SharedDetector(self.L.detector, site.inference.max_batch).start()
+        self.detector = shared
         for cam in self.L.cameras:
-            if not cam.enabled:
-                continue
-            t = threading.Thread(target=self._camera_loop, args=(cam,), name=f"cam-{cam.id}", daemon=True)
-            t.start()
-            threads.append(t)
-        t0 = time.monotonic()
+            if cam.enabled:
+                self._start_camera(cam)
+        site_stamp = self._site_stamp()
+        t0 = next_tick = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 if duration_s is not None and time.monotonic() - t0 >= duration_s:
                     break
+                with self._lock:
+                    threads = [t for t, _, _ in self._cams.values()]
                 if threads and not any(t.is_alive() for t in threads):
                     break  # every source ended (files) or failed
                 self.apply_commands()  # also while every camera is silent
+                if time.monotonic() >= next_tick:
+                    self._status_tick(self.L.site.broker.camera_status_s)
+                    if watch_site and (stamp := self._site_stamp()) != site_stamp:
+                        site_stamp = stamp
+                        self._reload_site_logged()
+                    next_tick = time.monotonic() + 1.0
                 self.stop_event.wait(0.2)
         finally:
             self.stop_event.set()
-            for t in threads:
+            with self._lock:
+                cams = list(self._cams.values())
+            for _, stop, _ in cams:
+                stop.set()
+            for t, _, _ in cams:
                 t.join(timeout=10)
+            shared.close()
+            log.info("inference: %s", shared.stats())
             self.apply_commands()
             self._abandon_snapshots("the edge stopped first")
             self.book.close()

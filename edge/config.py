@@ -247,6 +247,8 @@ class Broker(_Base):
     tls_key: str | None = None
     topic_prefix: str = Field("cityops", pattern=r"^[A-Za-z0-9_/-]+$")
     keepalive_s: int = Field(30, ge=2)
+    camera_status_s: float = Field(60.0, ge=5, description="each camera's retained status (state, link health, "
+                                   "frame age) is republished this often, and at once when its state changes")
     embedded: bool = Field(False, description="start an in-process broker on host:port (the offline demo)")
     evidence: Literal["inline", "topic", "none"] = Field("inline", description="evidence JPEG as base64 in the "
                                                          "message, on a companion topic, or not at all")
@@ -288,6 +290,17 @@ class OutboxConfig(_Base):
                              "opened/resolved never for age")
 
 
+class InferenceConfig(_Base):
+    """How the live box runs the model for all its cameras (edge/batcher.py): one shared session, the frames of
+    several cameras in one call."""
+
+    threads: int = Field(1, ge=1, le=64, description="onnxruntime threads per inference call. 1 costs the least CPU "
+                         "per frame (the cameras already keep the cores busy); more cuts one frame's latency. "
+                         "A replay always uses 2, for speed")
+    max_batch: int = Field(8, ge=1, le=64, description="frames (and zone tiles) run in one call at most; frames "
+                           "that wait together are batched, none is held back to fill a batch")
+
+
 class CommandSettings(_Base):
     """How the box answers the centre's commands (`{prefix}/{edge_id}/cmd/<command>`, see edge/commands.py)."""
 
@@ -316,6 +329,7 @@ class Site(_Base):
     geo: GeoConfig = Field(default_factory=GeoConfig)
     commands: CommandSettings = Field(default_factory=CommandSettings)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
     cameras: list[Camera] = Field(min_length=1)
 
     @field_validator("cameras")

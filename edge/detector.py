@@ -329,8 +329,18 @@ class Detector:
         small far thing is seen at up to native resolution; boxes in frame pixels, duplicates removed by NMS."""
         if not tiles:
             return self.detect(image, conf)
-        crops = [image] + [image[y0:y1, x0:x1] for x0, y0, x1, y1 in tiles]
-        found = self.detect_batch(crops, conf)
+        return self.merge_tiles(self.detect_batch(tile_crops(image, tiles), conf), tiles)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The model on a preprocessed batch (one call where the batch dimension is free)."""
+        return self._run(batch)
+
+    def merge_tiles(self, found: Sequence[Detections], tiles: Sequence[tuple[int, int, int, int]]) -> Detections:
+        """Detections of the whole frame and of its tile crops (as `tile_crops` made them) as one set in frame
+        pixels: each crop's boxes shifted to its place, and one box kept where the whole frame and a tile (or
+        two overlapping tiles) saw the same thing."""
+        if not tiles:
+            return found[0]
         shifted = [found[0]] + [replace(d, xyxy=d.xyxy + np.array([x0, y0, x0, y0], dtype=d.xyxy.dtype))
                                 for d, (x0, y0, _, _) in zip(found[1:], tiles)]
         merged = Detections.merge(shifted)
@@ -338,6 +348,11 @@ class Detector:
             return merged
         return merged[nms(merged.xyxy, merged.confidence, merged.class_id, self.manifest.nms_iou,
                           self.manifest.max_detections)]
+
+
+def tile_crops(image: np.ndarray, tiles: Sequence[tuple[int, int, int, int]]) -> list[np.ndarray]:
+    """The frame itself, then each tile rectangle (x0, y0, x1, y1) of it as a crop (views, no copies)."""
+    return [image] + [image[y0:y1, x0:x1] for x0, y0, x1, y1 in tiles]
 
 
 def _as_bgr(image: np.ndarray) -> np.ndarray:

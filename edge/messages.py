@@ -325,15 +325,18 @@ def edge_status_message(edge_id: str, state: Literal["online", "offline"], *, ts
     return msg
 
 
-def camera_status_message(edge_id: str, camera_id: str, state: Literal["online", "offline", "disabled"], *,
-                          ts: float | None = None, utc_offset: str = "+08:00",
-                          reason: str | None = None) -> dict[str, Any]:
-    """Retained camera status (`reason`: e.g. "read stalled", never a URL with credentials)."""
+def camera_status_message(edge_id: str, camera_id: str, state: Literal["online", "degraded", "offline", "disabled"],
+                          *, ts: float | None = None, utc_offset: str = "+08:00", reason: str | None = None,
+                          health: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Retained camera status (`reason`: e.g. "read stalled", never a URL with credentials; `health`: the link's
+    reconnects and stalls in the last hour, age of the last frame, decode mode)."""
     msg: dict[str, Any] = {"schema": SCHEMA_VERSION, "state": state, "edge_id": edge_id, "camera_id": camera_id}
     if ts is not None:
         msg["at"] = iso_time(ts, utc_offset)
     if reason:
-        msg["reason"] = reason
+        msg["reason"] = reason[:200]
+    if health is not None:
+        msg["health"] = health
     return msg
 
 

@@ -11,6 +11,7 @@ from the environment at each open and only ever shown masked.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -41,6 +42,7 @@ _CAPTURE_OPTIONS = (("rtsp_transport", "tcp"), ("fpsprobesize", "1"))
 # After an open, the frames buffered while probing come out of grab() at decode speed. The stream is live
 # once a grab has to wait for the network (half a frame interval); after this long we stop waiting for that.
 _CATCH_UP_MAX_S = 1.0
+_HOUR_S = 3600.0
 _POLL_S = 0.1  # how often the consumer and the backoff sleep look at the stop event
 
 
@@ -144,7 +146,9 @@ class RtspSource:
     backoff: (first, longest) wait in seconds between reopen attempts; doubles per failed attempt, with
     jitter so many cameras behind one failed switch do not reconnect in lockstep.
     on_status(camera_id, status) is called on every state change (from a worker thread: keep it quick) with
-    state, reconnects (reopen attempts after the first open), stalls, last_frame_age_s and error.
+    state, reconnects (reopen attempts after the first open), stalls, last_frame_age_s and error; and, for the
+    centre's view of a flaky link, reconnects_1h and stalls_1h (in the last hour) and last_break_age_s (seconds
+    since the last stall or reopen).
     """
 
     def __init__(self, camera_id: str, url: str, scan_interval_s: float, open_timeout_s: float = 5.0,
@@ -176,7 +180,8 @@ class RtspSource:
     def status(self) -> dict[str, Any]:
         """The current status (same shape as the on_status payload)."""
         if self._reader is None:
-            return dict(state="offline", reconnects=0, stalls=0, last_frame_age_s=None, error=None)
+            return dict(state="offline", reconnects=0, stalls=0, last_frame_age_s=None, error=None, reconnects_1h=0,
+                        stalls_1h=0, last_break_age_s=None)
         return self._reader.status()
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
@@ -209,6 +214,7 @@ class _Reader:
         self.state: State = "offline"
         self.reconnects = 0
         self.stalls = 0
+        self.breaks: collections.deque[tuple[float, bool]] = collections.deque()  # (monotonic, stall?) of the last hour
         self.error: str | None = None
         self.shown = src.url  # the URL as expanded at the last open, masked
         self.last_frame: float | None = None  # time.monotonic() of the last good grab
@@ -223,9 +229,14 @@ class _Reader:
         return self.halt.is_set() or self.stop.is_set()
 
     def _snapshot(self) -> dict[str, Any]:
-        age = None if self.last_frame is None else round(time.monotonic() - self.last_frame, 3)
-        return dict(state=self.state, reconnects=self.reconnects, stalls=self.stalls,
-                    last_frame_age_s=age, error=self.error)
+        now = time.monotonic()
+        while self.breaks and now - self.breaks[0][0] > _HOUR_S:
+            self.breaks.popleft()
+        age = None if self.last_frame is None else round(now - self.last_frame, 3)
+        stalls_1h = sum(1 for _, stall in self.breaks if stall)
+        return dict(state=self.state, reconnects=self.reconnects, stalls=self.stalls, last_frame_age_s=age,
+                    error=self.error, reconnects_1h=len(self.breaks) - stalls_1h, stalls_1h=stalls_1h,
+                    last_break_age_s=round(now - self.breaks[-1][0], 3) if self.breaks else None)
 
     def status(self) -> dict[str, Any]:
         with self.lock:
@@ -253,6 +264,8 @@ class _Reader:
                 return
             self.gen += 1
             self.stalls += stall
+            if stall:
+                self.breaks.append((time.monotonic(), True))
             while not self.slot.empty():
                 self.slot.get_nowait()
         log.warning("camera %s: %s (%s); reconnecting", self.src.camera_id, reason, self.shown)
@@ -282,6 +295,7 @@ class _Reader:
                 if not first:
                     with self.lock:
                         self.reconnects += 1
+                        self.breaks.append((time.monotonic(), False))
                 first = False
                 self.set_state("connecting", error=self.error)
                 if self.session(failures):
@@ -396,6 +410,21 @@ class _Reader:
 
 
 RtspSource._reader_class = _Reader
+
+
+DEGRADED_FOR_S = 600.0  # a camera whose link broke (stall or reopen) this recently is reported degraded
+
+
+def link_state(status: dict[str, Any], read_timeout_s: float) -> Literal["online", "degraded", "offline"]:
+    """What the centre sees of a live camera: online; degraded (frames flow, but the link broke in the last
+    DEGRADED_FOR_S, or no frame for longer than half the read timeout: about to stall); offline otherwise."""
+    if status.get("state") != "online":
+        return "offline"
+    last_break = status.get("last_break_age_s")
+    age = status.get("last_frame_age_s")
+    if (last_break is not None and last_break < DEGRADED_FOR_S) or (age is not None and age > 0.5 * read_timeout_s):
+        return "degraded"
+    return "online"
 
 
 def pyav_available() -> bool:

@@ -47,10 +47,12 @@ def _same(a: Any, b: Any) -> bool:
     return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
-def errors(schema: dict[str, Any], inst: Any, root: dict[str, Any] | None = None, path: str = "") -> list[str]:
+def errors(schema: dict[str, Any] | bool, inst: Any, root: dict[str, Any] | None = None, path: str = "") -> list[str]:
+    where = path or "(top)"
+    if isinstance(schema, bool):  # `true` allows anything, `false` nothing (e.g. a property a branch forbids)
+        return [] if schema else [f"{where}: not allowed here"]
     root = root if root is not None else schema
     out: list[str] = []
-    where = path or "(top)"
     if "$ref" in schema:
         ref = schema["$ref"]
         assert ref.startswith("#/$defs/"), ref

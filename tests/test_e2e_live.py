@@ -51,7 +51,7 @@ def write_site(tmp: Path, url: str, port: int) -> Path:
     site = {"edge_id": "e2e-edge", "model": str(ROOT / "models" / "cityops_det_n416.onnx"),
             "state_dir": str(tmp / "state"),
             "broker": {"host": "127.0.0.1", "port": port, "protocol": "5", "username_env": "E2E_USER",
-                       "password_env": "E2E_PASS", "evidence": "inline"},
+                       "password_env": "E2E_PASS", "evidence": "inline", "camera_status_s": 5},
             "cameras": [{"id": "cam1", "url": url, "scan_interval_s": 2.0 / SPEED, "open_timeout_s": 5,
                          "read_timeout_s": 2}]}
     p = tmp / "site.yaml"
@@ -106,7 +106,8 @@ def test_rtsp_to_mqtt_survives_sigkill_without_repeats_or_losses(tmp_path):
     clip_s = truth["duration_s"] / SPEED
     with Mosquitto(tmp_path / "mq", {"e2e-edge": "edge-pw", "centre": "centre-pw"}) as mq, \
             RtspServer({"cam1": fast_clip(tmp_path)}) as rtsp, \
-            Subscriber(mq.port, "cityops/e2e-edge/incident/#", username="centre", password="centre-pw") as sub:
+            Subscriber(mq.port, "cityops/e2e-edge/incident/#", username="centre", password="centre-pw") as sub, \
+            Subscriber(mq.port, "cityops/e2e-edge/camera/+/status", username="centre", password="centre-pw") as cams:
         site = write_site(tmp_path, rtsp.url("cam1"), mq.port)
         t0 = time.monotonic()
         first = start_runtime(site, clip_s + 30, tmp_path / "first.log")
@@ -122,6 +123,7 @@ def test_rtsp_to_mqtt_survives_sigkill_without_repeats_or_losses(tmp_path):
         assert second.returncode == 0, out[-3000:]
         time.sleep(1)
         msgs = incident_messages(sub)
+        statuses = [m.json() for m in cams.snapshot()]
     played = (time.monotonic() - t0) * SPEED  # media seconds the server played (it starts with the server)
     for m in msgs:
         validate_message(m)
@@ -131,6 +133,14 @@ def test_rtsp_to_mqtt_survives_sigkill_without_repeats_or_losses(tmp_path):
         if m["event"] == "resolved":
             assert m["incident_id"] in ids_opened
     assert ids_opened, "nothing was reported at all"
+    # the camera's retained status: republished every camera_status_s while all is well, with the link's health
+    for m in statuses:
+        validate_message(m, kind="camera_status")
+    live = [m for m in statuses if m["state"] == "online"]
+    assert len(live) >= 3, statuses
+    scans = [m["health"]["scans_1h"] for m in live]
+    assert max(scans) >= 10 and all(m["health"]["decode"] in ("keyframes", "all") for m in live), live
+    assert all(m["health"]["last_frame_age_s"] is not None and m["health"]["last_frame_age_s"] < 2 for m in live)
     must, may, want_resolved = expected(truth, played)
     print(f"truth (played {played:.0f} s of media): must open {must}, may open {may}, must resolve {want_resolved}; "
           f"reported opened {count(msgs, 'opened')}, resolved {count(msgs, 'resolved')}")

@@ -208,11 +208,21 @@ def test_malformed_incident_is_rejected(msg: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ status
+_HEALTH = {"reconnects_1h": 1, "stalls_1h": 2, "last_frame_age_s": 0.04, "scans_1h": 1790, "decode": "keyframes",
+           "gop_s": 2.0}
+
+
 @pytest.mark.parametrize("msg, ok", [
     (edge_status_message("edge-1", "online", ts=T0), True),
     (edge_status_message("edge-1", "offline", reason="connection lost"), True),  # the LWT: no time
     (camera_status_message("edge-1", "cam01", "offline", ts=T0, reason="read stalled"), True),
     (camera_status_message("edge-1", "cam01", "disabled", ts=T0), True),
+    (camera_status_message("edge-1", "cam01", "degraded", ts=T0, reason="link broke 1 times", health=_HEALTH), True),
+    (camera_status_message("edge-1", "cam01", "online", ts=T0, health={**_HEALTH, "decode": None, "gop_s": None}), True),
+    (camera_status_message("edge-1", "cam01", "online", ts=T0, health={"stalls_1h": 0}), False),  # counts missing
+    (camera_status_message("edge-1", "cam01", "online", ts=T0, health={**_HEALTH, "stalls_1h": -1}), False),
+    ({"schema": 1, "state": "degraded", "edge_id": "edge-1"}, False),  # only a camera is degraded
+    ({"schema": 1, "state": "online", "edge_id": "edge-1", "health": _HEALTH}, False),
     ({"schema": 1, "state": "disabled", "edge_id": "edge-1"}, False),  # only a camera can be disabled
     ({"schema": 1, "state": "up", "edge_id": "edge-1"}, False),
     ({"schema": 1, "state": "online"}, False),

@@ -16,7 +16,7 @@ import pytest
 
 from edge import sources
 from edge.config import Camera
-from edge.sources import FileSource, RtspSource, SourceError, open_source
+from edge.sources import DEGRADED_FOR_S, FileSource, RtspSource, SourceError, link_state, open_source
 from edge.types import Frame
 from fixtures_rtsp import RtspServer, ffmpeg_unavailable, make_clip, rtsp_unavailable
 
@@ -298,6 +298,9 @@ def check_reconnects_after_the_server_comes_back(source_cls: type[RtspSource], c
     assert status["state"] == "online" and status["reconnects"] >= 1 and status["stalls"] == 0
     offline = next(s for at, s in run.statuses if at > killed and s["state"] == "offline")
     assert "connection broke" in offline["error"]
+    # frames flow again, but the centre hears that this link broke within the last minutes
+    assert status["reconnects_1h"] == status["reconnects"] and status["last_break_age_s"] < 30
+    assert link_state(status, read_timeout_s=1) == "degraded"
 
 
 @pytest.mark.slow
@@ -325,3 +328,17 @@ def check_frozen_server_is_a_stall(source_cls: type[RtspSource], clip: Path, max
     assert stall["last_frame_age_s"] <= max_frame_age_s
     assert not late, f"{len(late)} frames handed out after the stall"
     assert status["state"] in ("offline", "connecting") and status["reconnects"] >= 1
+    assert status["stalls_1h"] >= 1 and link_state(status, read_timeout) == "offline"
+
+
+@pytest.mark.parametrize("status, state", [
+    (dict(state="online", last_break_age_s=None, last_frame_age_s=0.05), "online"),
+    (dict(state="online", last_break_age_s=DEGRADED_FOR_S - 1, last_frame_age_s=0.05), "degraded"),
+    (dict(state="online", last_break_age_s=DEGRADED_FOR_S + 1, last_frame_age_s=0.05), "online"),
+    (dict(state="online", last_break_age_s=None, last_frame_age_s=1.5), "degraded"),  # half the read timeout
+    (dict(state="connecting", last_break_age_s=1.0, last_frame_age_s=None), "offline"),
+    (dict(state="offline", last_break_age_s=None, last_frame_age_s=None), "offline"),
+])
+def test_link_state_for_the_centre(status: dict, state: str) -> None:
+    assert link_state(status, read_timeout_s=2.0) == state
+
