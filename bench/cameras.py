@@ -223,7 +223,7 @@ def child_baseline(a: argparse.Namespace) -> int:
     import numpy as np
 
     model = YOLO(str(MODEL), task="detect")
-    model.predict(np.zeros((SIZE[1], SIZE[0], 3), np.uint8), imgsz=416, device="cpu", verbose=False)  # as ours
+    model.predict(np.zeros((SIZE[1], SIZE[0], 3), np.uint8), imgsz=416, device="cpu", verbose=False, rect=False)  # as ours
     scans: list[tuple[float, float]] = []
     marks: dict[str, float] = {}
 
@@ -235,7 +235,7 @@ def child_baseline(a: argparse.Namespace) -> int:
     t_warm = t_end = None  # from the first result on: ultralytics opens the streams one after the other first
     warm_done = False
     stride = max(1, round(FPS * a.scan_interval))
-    for r in model.predict(source=a.streams, stream=True, vid_stride=stride, imgsz=416, device="cpu",
+    for r in model.predict(source=a.streams, stream=True, vid_stride=stride, imgsz=416, device="cpu", rect=False,
                            verbose=False):
         now = time.time()
         with lock:

@@ -25,6 +25,8 @@ from typing import Any
 
 import av
 import av.error
+import cv2
+import numpy as np
 
 from edge.sources import _CATCH_UP_MAX_S, RtspSource, _Reader, _scrub
 from edge.types import Frame
@@ -185,10 +187,19 @@ class _PyAvReader(_Reader):
                     continue
                 due = self.next_due + scan_s  # keep the grid; restart it after a gap
                 self.next_due = due if due > now else now + scan_s
-                image = vf.to_ndarray(format="bgr24")
+                image = to_bgr(vf)
                 self.offer(Frame(src.camera_id, src.clock(), image, self.seq), gen)
                 self.seq += 1
         return got
+
+
+def to_bgr(vf: Any) -> np.ndarray:
+    """A decoded frame as BGR. For the usual yuv420p (video range) OpenCV's conversion of the planes costs about
+    half of swscale's bgr24 (2.9 vs 5.3 ms a 1080p frame here); other formats (full-range yuvj420p, 4:2:2...)
+    go through swscale, which knows their ranges."""
+    if vf.format.name == "yuv420p" and vf.width % 2 == 0 and vf.height % 2 == 0:
+        return cv2.cvtColor(vf.to_ndarray(format="yuv420p"), cv2.COLOR_YUV2BGR_I420)
+    return vf.to_ndarray(format="bgr24")
 
 
 PyAvSource._reader_class = _PyAvReader

@@ -176,7 +176,9 @@ def write_card(model: Path, figures: dict[str, Any], recipe: dict[str, Any]) -> 
     L = [f"# Model card: {man['name']} {man['version']}", "", verdict, "",
          f"- File: `{model.name}` ({model.stat().st_size / 1e6:.1f} MB), sha256 `{man['sha256']}`",
          f"- Input: {man['input']['width']}x{man['input']['height']} RGB letterboxed (pad 114); output YOLOv8 head "
-         f"[1, 4+{len(man['classes'])}, N], no NMS in the graph (the runtime does it).",
+         f"[batch, 4+{len(man['classes'])}, N], no NMS in the graph (the runtime does it). The batch dimension is "
+         "free (a box batches its cameras' frames); height and width are fixed, so ultralytics' `predict` needs "
+         "`rect=False`.",
          f"- Architecture: `{recipe.get('arch')}` trained from scratch (no pretrained weights), {recipe.get('epochs')} epochs, "
          f"imgsz {recipe.get('imgsz')}, batch {recipe.get('batch')}, on {recipe.get('device')}; "
          f"training took {recipe.get('train_minutes', '?')} min on {recipe.get('trained_on') or figures.get('machine')}.",

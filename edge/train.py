@@ -197,7 +197,8 @@ def quantize_int8(src: Path, dst: Path, images: list[Any], version_note: str = "
     dst.parent.mkdir(parents=True, exist_ok=True)
     pre = dst.with_suffix(".pre.onnx")
     try:
-        quant_pre_process(str(det.model_path), str(pre))
+        # onnx shape inference only: the symbolic pass gives up on the free batch dimension (Reshape to 0)
+        quant_pre_process(str(det.model_path), str(pre), skip_symbolic_shape=True)
         model = onnx.load(str(pre))
         keep_float = [n.name for n in model.graph.node if n.name.startswith(_FLOAT_HEAD_PREFIX) and n.op_type != "Conv"]
         quantize_static(str(pre), str(dst), Frames(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -211,7 +212,8 @@ def quantize_int8(src: Path, dst: Path, images: list[Any], version_note: str = "
     recipe = dict(training.get("recipe", {}))
     recipe["note"] = (f"INT8 (QDQ, per-channel, MinMax on {len(images)} calibration frames) of {src.name} "
                       f"{source['version']} (sha256 {source['sha256'][:12]}…), its convolutions in 8 bits and the "
-                      f"box/score decoding of its head in float; thresholds as the float model's. {version_note}").strip()
+                      f"box/score decoding of its head in float; thresholds as the float model's. Made with `python run_edge.py "
+                      f"quantize --model {src.name}`. {version_note}").strip()
     training["recipe"] = recipe
     training["quantized_from"] = {"model": src.name, "version": source["version"], "sha256": source["sha256"],
                                   "calibration_frames": len(images)}

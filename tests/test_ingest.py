@@ -14,7 +14,7 @@ pytest.importorskip("av")
 
 from edge import sources  # noqa: E402
 from edge.config import Camera  # noqa: E402
-from edge.ingest import PyAvSource  # noqa: E402
+from edge.ingest import PyAvSource, to_bgr  # noqa: E402
 from edge.sources import RtspSource, SourceError, open_source  # noqa: E402
 from fixtures_rtsp import RtspServer, ffmpeg_unavailable, make_clip, rtsp_unavailable  # noqa: E402
 from test_sources import (  # noqa: E402
@@ -137,3 +137,17 @@ def test_stop_event_unused_thread_free() -> None:
     src = PyAvSource("cam1", "rtsp://127.0.0.1:1/x", 2.0)
     assert src.status()["state"] == "offline" and src.ingest()["mode"] is None
     assert not any(t.name == "pyav-cam1" for t in threading.enumerate())
+
+
+def test_frames_convert_to_the_same_bgr_as_swscale(clips: dict[str, Path]) -> None:
+    """OpenCV's plane conversion (the fast path) gives the picture swscale's bgr24 gives, within rounding."""
+    import av
+
+    with av.open(str(next(iter(clips.values())))) as c:
+        vf = next(c.decode(video=0))
+        assert vf.format.name == "yuv420p"
+        ours, ref = to_bgr(vf).astype(np.int16), vf.to_ndarray(format="bgr24").astype(np.int16)
+        full = vf.reformat(format="yuvj420p")  # a full-range camera: the swscale path, its own range
+        assert to_bgr(full).shape == ref.shape
+    assert ours.shape == ref.shape and np.abs(ours - ref).mean() < 2.0 and np.percentile(np.abs(ours - ref), 99) <= 6
+
