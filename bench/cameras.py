@@ -1,6 +1,6 @@
 """How many cameras does one box hold, and at what CPU cost per camera? Ours vs. what a user would otherwise do.
 
-    python bench/cameras.py --cameras N --seconds S [--warmup W] [--baseline] [--rounds R] [--json]
+    python bench/cameras.py --cameras N --seconds S [--warmup W] [--baseline] [--bare] [--model M] [--rounds R] [--json]
     python bench/cameras.py --find-max [--cameras START] [--max-cameras M] --seconds S [--json]
 
 Starts a GStreamer RTSP server (tests/rtsp_server.py, Debian's /usr/bin/python3) serving N cameras, each a
@@ -11,8 +11,10 @@ config, when mosquitto is installed), and then, alternating in one run (`--round
 - **ours**: the runtime (`EdgeApp.run_live`, every camera at a 2 s scan interval, the shipped model, default
   rules, MQTT) in a child process;
 - **baseline** (`--baseline`): ultralytics' streaming predict on the same ONNX model and streams
-  (`YOLO(onnx).predict(source=<.streams file>, stream=True, vid_stride=fps * scan interval)`), in a child
-  process.
+  (`YOLO(onnx).predict(source=<.streams file>, stream=True, vid_stride=fps * scan interval, rect=False)`), in
+  a child process;
+- **bare** (`--bare`): the floor, a thread per camera demuxing RTSP/TCP with PyAV, decoding keyframes only and
+  running the model on the due one, with nothing else (no rules, geo, incident book, outbox, MQTT).
 
 Each child runs `--warmup` seconds first (opens, GOP measurement, arenas), then `--seconds` measured. Only the
 child's own CPU counts (psutil on its pid, user + system; the server and the broker are other processes).
@@ -187,6 +189,65 @@ def child_ours(a: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------- child: bare loop
+def child_bare(a: argparse.Namespace) -> int:
+    """The floor: per camera a thread that demuxes over RTSP/TCP, decodes keyframes only, converts the due one and
+    runs the model on it (one shared session, one frame per call); no rules, geo, incident book, outbox or MQTT."""
+    import av
+    import numpy as np
+
+    from edge.detector import Detector
+    from edge.ingest import to_bgr
+
+    det = Detector(a.model, intra_op_num_threads=1)
+    det.detect(np.zeros((SIZE[1], SIZE[0], 3), np.uint8))
+    urls = Path(a.streams).read_text().split()
+    lock = threading.Lock()
+    scans: list[tuple[float, float]] = []
+    stop = threading.Event()
+    seen: set[str] = set()
+
+    def camera(url: str) -> None:
+        with av.open(url, options={"rtsp_transport": "tcp", "fpsprobesize": "1"}, timeout=(30, 5)) as c:
+            stream = c.streams.video[0]
+            stream.codec_context.thread_count = 1
+            stream.codec_context.skip_frame = "NONKEY"
+            due = 0.0
+            for packet in c.demux(stream):
+                if stop.is_set():
+                    return
+                if not packet.is_keyframe:
+                    continue
+                for vf in packet.decode():
+                    now = time.time()
+                    if now + 0.5 * a.scan_interval < due:
+                        continue
+                    due = max(due + a.scan_interval, now)
+                    det.detect(to_bgr(vf))
+                    done = time.time()
+                    with lock:
+                        scans.append((done, done - now))
+                        seen.add(url)
+
+    print("MARK loaded", flush=True)
+    for u in urls:
+        threading.Thread(target=camera, args=(u,), daemon=True).start()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(seen) < len(urls):
+        time.sleep(0.2)
+    time.sleep(a.warmup)
+    w = time.time()
+    print("MARK warm", flush=True)
+    time.sleep(a.seconds)
+    e = time.time()
+    print("MARK end", flush=True)
+    stop.set()
+    with lock:
+        window = [lag for done, lag in scans if w <= done <= e]
+    Path(a.stats).write_text(json.dumps(dict(lags=window)))
+    os._exit(0)
+
+
 # -------------------------------------------------------------------------------- child: baseline
 def child_baseline(a: argparse.Namespace) -> int:
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -222,7 +283,7 @@ def child_baseline(a: argparse.Namespace) -> int:
 
     import numpy as np
 
-    model = YOLO(str(MODEL), task="detect")
+    model = YOLO(str(a.model), task="detect")
     model.predict(np.zeros((SIZE[1], SIZE[0], 3), np.uint8), imgsz=416, device="cpu", verbose=False, rect=False)  # as ours
     scans: list[tuple[float, float]] = []
     marks: dict[str, float] = {}
@@ -277,11 +338,15 @@ def run_phase(kind: str, n: int, a: argparse.Namespace, work: Path, urls: list[s
     stats = work / f"{kind}-{n}-{time.monotonic_ns()}.json"
     env = dict(os.environ, BENCH_EDGE_USER=EDGE, BENCH_EDGE_PASS=EDGE_PW, PYTHONUNBUFFERED="1")
     common = ["--warmup", str(a.warmup), "--seconds", str(a.seconds), "--stats", str(stats),
-              "--scan-interval", str(a.scan_interval)]
+              "--scan-interval", str(a.scan_interval), "--model", str(a.model)]
     if kind == "ours":
         state = work / f"state-{time.monotonic_ns()}"
-        site = write_site(work, urls, a.scan_interval, broker_port, a.decoder)
+        site = write_site(work, urls, a.scan_interval, broker_port, a.decoder, a.model)
         cmd = [sys.executable, __file__, "--child", "ours", "--site", str(site), "--state", str(state), *common]
+    elif kind == "bare":
+        streams = work / "cams.streams"
+        streams.write_text("\n".join(urls) + "\n")
+        cmd = [sys.executable, __file__, "--child", "bare", "--streams", str(streams), *common]
     else:
         streams = work / "cams.streams"
         streams.write_text("\n".join(urls) + "\n")
@@ -328,10 +393,11 @@ def run_phase(kind: str, n: int, a: argparse.Namespace, work: Path, urls: list[s
     return out
 
 
-def write_site(work: Path, urls: list[str], scan_s: float, broker_port: int | None, decoder: str) -> Path:
+def write_site(work: Path, urls: list[str], scan_s: float, broker_port: int | None, decoder: str,
+               model: Path = MODEL) -> Path:
     import yaml
 
-    site = {"edge_id": EDGE, "model": str(MODEL), "state_dir": str(work / "state"),
+    site = {"edge_id": EDGE, "model": str(model), "state_dir": str(work / "state"),
             "broker": {"host": "127.0.0.1", "port": broker_port or 9, "protocol": "5",
                        "username_env": "BENCH_EDGE_USER", "password_env": "BENCH_EDGE_PASS"},
             # open timeout: the test server sets mounts up one after another, ~2 s each (a GOP) when many open
@@ -408,9 +474,13 @@ def parent(a: argparse.Namespace) -> int:
             urls = rig.urls(a.cameras)
             ours: list[dict[str, Any]] = []
             base: list[dict[str, Any]] = []
+            bare: list[dict[str, Any]] = []
             for _ in range(a.rounds):
                 ours.append(run_phase("ours", a.cameras, a, work, urls, port))
                 show("ours", ours[-1])
+                if a.bare:
+                    bare.append(run_phase("bare", a.cameras, a, work, urls, port))
+                    show("bare", bare[-1])
                 if a.baseline:
                     base.append(run_phase("baseline", a.cameras, a, work, urls, port))
                     show("baseline", base[-1])
@@ -428,9 +498,15 @@ def parent(a: argparse.Namespace) -> int:
                 result["cpu_ratio_baseline_over_ours"] = round(statistics.median(ratios), 2)
                 print(f"baseline / ours CPU per camera: {result['cpu_ratio_baseline_over_ours']}x "
                       f"(per round: {[round(r, 2) for r in ratios]})", flush=True)
+            if bare:
+                result["bare_cpu_s_per_camera_hour"] = median_of(bare, "cpu_s_per_camera_hour")
+                result["bare_scan_lag_p95_s"] = median_of(bare, "scan_lag_p95_s")
+                result["cpu_ratio_ours_over_bare"] = round(statistics.median(
+                    [x["cpu_s_per_camera_hour"] / y["cpu_s_per_camera_hour"] for x, y in zip(ours, bare)]), 2)
+                print(f"ours / bare loop CPU per camera: {result['cpu_ratio_ours_over_bare']}x", flush=True)
             result["rounds"] = a.rounds
         result.update(scan_interval_s=a.scan_interval, seconds=a.seconds, warmup_s=a.warmup, decoder=a.decoder,
-                      load_avg=load_avg(), cpus=os.cpu_count())
+                      model=a.model.name, load_avg=load_avg(), cpus=os.cpu_count())
     finally:
         rig.close()
         if a.keep:
@@ -480,14 +556,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=15.0, help="seconds before measuring, per phase")
     ap.add_argument("--scan-interval", type=float, default=2.0)
     ap.add_argument("--baseline", action="store_true", help="also run the ultralytics baseline, alternating")
+    ap.add_argument("--bare", action="store_true", help="also run the bare loop (keyframes-only PyAV + onnxruntime, "
+                    "nothing else): what the product's rules, geo, book, outbox and MQTT add")
     ap.add_argument("--rounds", type=int, default=1, help="ours/baseline pairs; figures are their medians")
     ap.add_argument("--decoder", choices=("auto", "pyav", "opencv"), default="auto")
+    ap.add_argument("--model", type=Path, default=MODEL, help="ONNX model for both sides (e.g. models/"
+                    "cityops_det_n416_int8.onnx, the 8-bit copy for big boxes)")
     ap.add_argument("--find-max", action="store_true", help="largest N held (ours only)")
     ap.add_argument("--max-cameras", type=int, default=64)
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (the children's logs) and say where")
     # internal: the measured children
-    ap.add_argument("--child", choices=("ours", "baseline"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("ours", "baseline", "bare"), help=argparse.SUPPRESS)
     ap.add_argument("--site", help=argparse.SUPPRESS)
     ap.add_argument("--state", help=argparse.SUPPRESS)
     ap.add_argument("--streams", help=argparse.SUPPRESS)
@@ -497,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         return child_ours(a)
     if a.child == "baseline":
         return child_baseline(a)
+    if a.child == "bare":
+        return child_bare(a)
     if a.cameras < 1 or a.seconds <= 0 or a.warmup < 0 or a.rounds < 1:
         ap.error("--cameras and --rounds must be >= 1, --seconds > 0, --warmup >= 0")
     return parent(a)

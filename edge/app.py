@@ -302,6 +302,7 @@ class EdgeApp:
                 if self.ts_offset and isinstance(src, FileSource):  # a clip as a live camera: real dates
                     frame = replace(frame, ts=frame.ts + self.ts_offset)
                 self.process(frame)
+                frame = None  # type: ignore[assignment]  # not kept until the next scan (6 MB a 1080p frame)
         except SourceError as e:
             log.error("%s", e)
             with self._lock:
