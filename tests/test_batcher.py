@@ -139,3 +139,15 @@ def test_close_wakes_a_camera_waiting_for_its_result(tmp_path: Path) -> None:
     first.join(5)
     waiting.join(5)
     assert not waiting.is_alive() and any(isinstance(e, DetectorClosed) for e in errors)
+
+
+def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.app import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the operator's setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    import platform
+
+    if platform.libc_ver()[0] == "glibc":
+        assert limit_malloc_arenas() is True
