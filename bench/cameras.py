@@ -343,15 +343,11 @@ def run_phase(kind: str, n: int, a: argparse.Namespace, work: Path, urls: list[s
         state = work / f"state-{time.monotonic_ns()}"
         site = write_site(work, urls, a.scan_interval, broker_port, a.decoder, a.model)
         cmd = [sys.executable, __file__, "--child", "ours", "--site", str(site), "--state", str(state), *common]
-    elif kind == "bare":
+    else:  # bare, baseline: the camera URLs in a .streams file
         streams = work / "cams.streams"
         streams.write_text("\n".join(urls) + "\n")
-        cmd = [sys.executable, __file__, "--child", "bare", "--streams", str(streams), *common]
-    else:
-        streams = work / "cams.streams"
-        streams.write_text("\n".join(urls) + "\n")
-        cmd = [sys.executable, __file__, "--child", "baseline", "--streams", str(streams), *common]
-        # RTP over TCP as ours does (OpenCV's default is UDP): the same transport for both
+        cmd = [sys.executable, __file__, "--child", kind, "--streams", str(streams), *common]
+        # RTP over TCP as ours does (OpenCV's default is UDP): the same transport for every side
         env["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp"
     log_path = work / f"{kind}-{n}.log"
     with open(log_path, "w") as log:

@@ -15,8 +15,8 @@ import collections
 import ctypes
 import heapq
 import json
-import os
 import logging
+import os
 import queue
 import signal
 import sqlite3
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .batcher import SharedDetector
 from .commands import CommandDispatcher
 from .config import DEFAULT_PROFILE, Camera, ConfigError, Rules, Site, load_rules, load_site, mask_url, rules_path
-from .batcher import SharedDetector
 from .detector import Detector
 from .evidence import evidence_jpeg
 from .incidents import IncidentBook
@@ -252,7 +252,7 @@ class EdgeApp:
         self._state_lock = threading.Lock()
         self._commands_in: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=256)
         self._sources: dict[str, Any] = {}
-        self._cams: dict[str, tuple[threading.Thread, threading.Event, Camera]] = {}  # live camera threads
+        self._cams: dict[str, tuple[threading.Thread, threading.Event]] = {}  # live camera threads, their stops
         self._status_sent: dict[str, tuple[str, float]] = {}  # camera → (state, monotonic) last published
         self._scan_times: dict[str, collections.deque[float]] = {}  # camera → monotonic times of its scans (1 h)
         self._base_rules: dict[str, Rules] = dict(loaded.rules)
@@ -334,7 +334,7 @@ class EdgeApp:
         with self._lock:
             src = self._sources.get(camera_id)
         if src is not None:
-            self._publish_camera_status(camera_id, src, st)
+            self._publish_camera_status(camera_id, src, st, link_state(st, src.read_timeout_s))
 
     def _status_tick(self, every_s: float) -> None:
         """Republish each live camera's status when its state moved (degraded comes and goes with time, not with
@@ -347,9 +347,10 @@ class EdgeApp:
             if not isinstance(src, RtspSource):
                 continue
             st = src.status()
+            state = link_state(st, src.read_timeout_s)
             last = sent.get(cid)
-            if last is None or last[0] != link_state(st, src.read_timeout_s) or now - last[1] >= every_s:
-                self._publish_camera_status(cid, src, st)
+            if last is None or last[0] != state or now - last[1] >= every_s:
+                self._publish_camera_status(cid, src, st, state)
 
     def camera_health(self, camera_id: str, src: Any, st: dict[str, Any]) -> dict[str, Any]:
         """The `health` object of the camera's status message."""
@@ -367,14 +368,12 @@ class EdgeApp:
             health.update(decode=info.get("mode"), gop_s=info.get("gop_s"))
         return health
 
-    def _publish_camera_status(self, camera_id: str, src: Any, st: dict[str, Any]) -> None:
-        """Retained camera status for the centre (never the URL: the source already masks it)."""
-        state = link_state(st, src.read_timeout_s)
+    def _publish_camera_status(self, camera_id: str, src: Any, st: dict[str, Any], state: str) -> None:
+        """A live camera's retained status from its reader's status `st` and its `link_state`."""
         with self._lock:
             self._status_sent[camera_id] = (state, time.monotonic())
         if self.publisher is None:
             return
-        site = self.L.site
         health = self.camera_health(camera_id, src, st)
         if st.get("error") and state == "offline":
             reason = st["error"]
@@ -383,8 +382,16 @@ class EdgeApp:
                       f"last hour; last frame {health['last_frame_age_s']} s ago")
         else:
             reason = st.get("state") if st.get("state") != "online" else None
-        msg = camera_status_message(site.edge_id, camera_id, state, ts=time.time(), utc_offset=site.utc_offset,
-                                    reason=reason, health=health)
+        self._send_camera_status(camera_id, state, reason, health)
+
+    def _send_camera_status(self, camera_id: str, state: str, reason: str | None,
+                            health: dict[str, Any] | None = None) -> None:
+        """Retained camera status for the centre (never the URL: the source already masks it)."""
+        if self.publisher is None:
+            return
+        site = self.L.site
+        msg = camera_status_message(site.edge_id, camera_id, state, ts=time.time(),  # type: ignore[arg-type]
+                                    utc_offset=site.utc_offset, reason=reason, health=health)
         self.publisher.publish_retained(Topics(site.broker.topic_prefix, site.edge_id).camera_status(camera_id), msg)
 
     def _merged_files(self) -> Iterator[Frame]:
@@ -417,7 +424,7 @@ class EdgeApp:
         stop = threading.Event()
         t = threading.Thread(target=self._camera_loop, args=(cam, stop), name=f"cam-{cam.id}", daemon=True)
         with self._lock:
-            self._cams[cam.id] = (t, stop, cam)
+            self._cams[cam.id] = (t, stop)
         t.start()
 
     def _stop_camera(self, camera_id: str, why: str | None) -> None:
@@ -431,11 +438,8 @@ class EdgeApp:
             entry[1].set()
         if src is not None and isinstance(src, RtspSource):
             src.on_status = None  # its reader going offline is not news: the camera is gone
-        if self.publisher is not None and why:
-            site = self.L.site
-            msg = camera_status_message(site.edge_id, camera_id, "disabled", ts=time.time(),
-                                        utc_offset=site.utc_offset, reason=why)
-            self.publisher.publish_retained(Topics(site.broker.topic_prefix, site.edge_id).camera_status(camera_id), msg)
+        if why:
+            self._send_camera_status(camera_id, "disabled", why)
 
     def _site_stamp(self) -> tuple[int, int] | None:
         try:
@@ -654,7 +658,7 @@ class EdgeApp:
                 if duration_s is not None and time.monotonic() - t0 >= duration_s:
                     break
                 with self._lock:
-                    threads = [t for t, _, _ in self._cams.values()]
+                    threads = [t for t, _ in self._cams.values()]
                 if threads and not any(t.is_alive() for t in threads):
                     break  # every source ended (files) or failed
                 self.apply_commands()  # also while every camera is silent
@@ -669,9 +673,9 @@ class EdgeApp:
             self.stop_event.set()
             with self._lock:
                 cams = list(self._cams.values())
-            for _, stop, _ in cams:
+            for _, stop in cams:
                 stop.set()
-            for t, _, _ in cams:
+            for t, _ in cams:
                 t.join(timeout=10)
             shared.close()
             log.info("inference: %s", shared.stats())

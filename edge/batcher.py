@@ -51,8 +51,7 @@ class SharedDetector:
         self._queue: queue.Queue[_Request] = queue.Queue()
         self._closed = threading.Event()
         self._lock = threading.Lock()
-        self._calls = 0
-        self._sizes: Counter[int] = Counter()
+        self._sizes: Counter[int] = Counter()  # frames per call → calls
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
 
     @property
@@ -85,9 +84,9 @@ class SharedDetector:
     def stats(self) -> dict[str, Any]:
         """Calls made, frames (with tiles) run, and how many calls had each batch size."""
         with self._lock:
-            frames = sum(k * v for k, v in self._sizes.items())
-            return dict(calls=self._calls, frames=frames, batch_sizes=dict(sorted(self._sizes.items())),
-                        mean_batch=round(frames / self._calls, 2) if self._calls else None)
+            calls, frames = sum(self._sizes.values()), sum(k * v for k, v in self._sizes.items())
+            return dict(calls=calls, frames=frames, batch_sizes=dict(sorted(self._sizes.items())),
+                        mean_batch=round(frames / calls, 2) if calls else None)
 
     # ------------------------------------------------------------------ the inference thread
     def _infer(self, batch: np.ndarray) -> np.ndarray:
@@ -124,6 +123,7 @@ class SharedDetector:
             reqs = self._take()
             if not reqs:
                 continue
+            n = sum(len(r.batch) for r in reqs)
             try:
                 batch = reqs[0].batch if len(reqs) == 1 else np.concatenate([r.batch for r in reqs])
                 output = self.detector.run(batch)
@@ -132,12 +132,11 @@ class SharedDetector:
                     r.output = output[at:at + len(r.batch)]
                     at += len(r.batch)
             except Exception as e:  # a failed call fails its frames, not the thread (the next call may work)
-                log.exception("inference failed for a batch of %d frames", sum(len(r.batch) for r in reqs))
+                log.exception("inference failed for a batch of %d frames", n)
                 for r in reqs:
                     r.error = e
             with self._lock:
-                self._calls += 1
-                self._sizes[sum(len(r.batch) for r in reqs)] += 1
+                self._sizes[n] += 1
             for r in reqs:
                 r.done.set()
 

@@ -170,13 +170,12 @@ def timestamp() -> str:
 _FLOAT_HEAD_PREFIX = "/model.22/"
 
 
-def quantize_int8(src: Path, dst: Path, images: list[Any], version_note: str = "") -> Path:
+def quantize_int8(src: Path, dst: Path, images: list[Any]) -> Path:
     """An 8-bit copy of a float model (QDQ, per-channel weights, MinMax calibration on `images`, BGR frames), with
     its manifest: same classes and thresholds, its own sha256, and where it came from.
 
     On an x86 CPU with VNNI it runs in ~60 % of the float model's CPU time; what it costs in accuracy is measured
     on the same test sets as the float model and written to its own card (`measure-model`)."""
-    import numpy as np
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -213,7 +212,7 @@ def quantize_int8(src: Path, dst: Path, images: list[Any], version_note: str = "
     recipe["note"] = (f"INT8 (QDQ, per-channel, MinMax on {len(images)} calibration frames) of {src.name} "
                       f"{source['version']} (sha256 {source['sha256'][:12]}…), its convolutions in 8 bits and the "
                       f"box/score decoding of its head in float; thresholds as the float model's. Made with `python run_edge.py "
-                      f"quantize --model {src.name}`. {version_note}").strip()
+                      f"quantize --model {src.name}`.")
     training["recipe"] = recipe
     training["quantized_from"] = {"model": src.name, "version": source["version"], "sha256": source["sha256"],
                                   "calibration_frames": len(images)}
