@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping, Protocol
 
 import numpy as np
@@ -186,6 +186,7 @@ class IncidentBook:
         self._pending: list[tuple[str, tuple]] = []
         self._count: int | None = None  # the id counter, ahead of the disk by the pending writes
         self._suppressions: list[Suppression] = []
+        self._frame_sizes: dict[str, tuple[int, int]] = {}  # camera id -> (w, h) its boxes here are in
         self._load()
 
     # ---------------------------------------------------------------- persistence
@@ -200,6 +201,8 @@ class IncidentBook:
                                         "until_ts FROM suppressions ORDER BY since_ts")]
         if self._suppressions:
             log.info("restored %d suppressed places (dismissed false alarms)", len(self._suppressions))
+        sizes = self._conn.execute("SELECT v FROM meta WHERE k='frame_sizes'").fetchone()
+        self._frame_sizes = {k: (int(v[0]), int(v[1])) for k, v in json.loads(sizes[0]).items()} if sizes else {}
         snap = self._conn.execute("SELECT v FROM meta WHERE k='tracks'").fetchone()
         if snap is not None:
             self._tracks = [_track_from(d) for d in json.loads(snap[0])]
@@ -262,6 +265,8 @@ class IncidentBook:
         ground = ground if ground is not None else Ground.unknown(len(dets))
         strong = np.ones(len(dets), bool) if strong is None else np.asarray(strong, bool)
         with self._lock:
+            if w > 0 and h > 0 and self._frame_sizes.get(camera_id) != (w, h):
+                self._frame_size_changed(camera_id, (w, h))
             expired = [s for s in self._suppressions if s.until_ts <= ts]
             if expired:
                 self._suppressions = [s for s in self._suppressions if s.until_ts > ts]
@@ -329,6 +334,38 @@ class IncidentBook:
                 self._load()
                 raise
             return events
+
+    def _frame_size_changed(self, camera_id: str, size: tuple[int, int]) -> None:
+        """A camera's frames changed size (reconfigured, or its stream restarted at another resolution): its boxes
+        here (tracks, open incidents, dismissed places) are rescaled to the new frames, so what it already
+        reported keeps matching — not a second incident and a false `resolved` for the first."""
+        old = self._frame_sizes.get(camera_id)
+        self._frame_sizes[camera_id] = size
+        self._pending.append(("INSERT OR REPLACE INTO meta VALUES ('frame_sizes', ?)",
+                              (json.dumps({k: list(v) for k, v in sorted(self._frame_sizes.items())}),)))
+        if old is None:
+            return
+        f = np.array([size[0] / old[0], size[1] / old[1]] * 2, np.float32)
+        n = 0
+        for t in self._tracks:
+            if camera_id in t.boxes:
+                t.boxes[camera_id] = t.boxes[camera_id] * f
+                n += 1
+            if t.camera_id == camera_id:
+                t.box = t.box * f
+                t.best_box = None if t.best_box is None else t.best_box * f
+                t.image_size = size
+                if t.is_open:
+                    self._pending.append(("UPDATE incidents SET image_w=?, image_h=? WHERE incident_id=?",
+                                          (size[0], size[1], t.incident_id)))
+        for k, sp in enumerate(self._suppressions):
+            if camera_id in sp.boxes:
+                boxes = {**sp.boxes, camera_id: tuple(float(v) for v in np.asarray(sp.boxes[camera_id]) * f)}
+                self._suppressions[k] = replace(sp, boxes=boxes)
+                self._pending.append(("UPDATE suppressions SET boxes=? WHERE incident_id=?",
+                                      (json.dumps(boxes), sp.incident_id)))
+        log.info("camera %s: frames are now %dx%d (were %dx%d); %d tracks and their boxes follow", camera_id,
+                 size[0], size[1], old[0], old[1], n)
 
     def _observe(self, t: Track, camera_id: str, ts: float, dets: Detections, i: int, ground: Ground,
                  zone: str | None, image: np.ndarray | None, size: tuple[int, int]) -> None:

@@ -304,3 +304,50 @@ def test_weak_sightings_keep_an_open_incident_open_but_never_open_one(tmp_path):
     for t in np.arange(400.0, 440.0, 2.0):  # really gone
         ev += book.update("cam", float(t), dets([]), [], img)
     assert [e.event for e in ev] == ["opened", "resolved"]
+
+
+def test_a_camera_that_changes_resolution_keeps_its_incident(tmp_path):
+    """A camera reconfigured from 200x100 to 400x200 (its boxes double) mid-incident, with a restart of the box
+    in between: the incident stays one incident (no second `opened`, no false `resolved`) and later messages
+    carry boxes in the new frames' pixels."""
+    sink = ListSink()
+    db = str(tmp_path / "s.db")
+    book = IncidentBook(db, "edge1", NAMES, RULES, sink)
+    small, big = np.zeros((100, 200, 3), np.uint8), np.zeros((200, 400, 3), np.uint8)
+    box = np.array([50, 40, 90, 70], np.float32)
+    ev = []
+    for k in range(8):
+        ev += book.update("cam", 2.0 * k, dets([box]), [None], small)
+    book.close()
+    rules = {"cam": RULES["cam"].model_copy(update={"update_interval_s": 4})}
+    book = IncidentBook(db, "edge1", NAMES, rules, sink)
+    for k in range(8, 40):
+        ev += book.update("cam", 2.0 * k, dets([box * 2]), [None], big)
+    kinds = [e.event for e in ev]
+    assert kinds.count("opened") == 1 and "resolved" not in kinds, kinds
+    assert {e.incident_id for e in ev} == {ev[0].incident_id}
+    last = ev[-1]
+    assert last.event == "updated" and last.image_size == (400, 200)
+    assert np.allclose(last.box_xyxy, box * 2, atol=1.0), last.box_xyxy
+    # and once the thing is gone, it resolves as the one incident it is
+    for k in range(40, 70):
+        ev += book.update("cam", 2.0 * k, dets([]), [], big)
+    assert [e.event for e in ev].count("resolved") == 1 and ev[-1].incident_id == ev[0].incident_id
+
+
+def test_a_dismissed_place_stays_dismissed_at_the_new_resolution(tmp_path):
+    book = IncidentBook(str(tmp_path / "s.db"), "edge1", NAMES, RULES, ListSink())
+    small, big = np.zeros((100, 200, 3), np.uint8), np.zeros((200, 400, 3), np.uint8)
+    box = np.array([50, 40, 90, 70], np.float32)
+    ev = []
+    for k in range(5):
+        ev += book.update("cam", 2.0 * k, dets([box]), [None], small)
+    assert [e.event for e in ev] == ["opened"]
+    book.dismiss(ev[0].incident_id, 10.0, 1000.0)
+    book.close()
+    book = IncidentBook(str(tmp_path / "s.db"), "edge1", NAMES, RULES, ListSink())  # the size it was dismissed at survives a restart
+    later = []
+    for k in range(6, 30):
+        later += book.update("cam", 2.0 * k, dets([box * 2]), [None], big)
+    assert later == [], [e.event for e in later]
+    assert np.allclose(book.suppressions()[0].boxes["cam"], box * 2, atol=0.5)
