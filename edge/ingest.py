@@ -86,9 +86,12 @@ class _PyAvReader(_Reader):
             return False
         shown = self.shown
         try:
-            # (open, read) timeouts: without them a dead camera blocks the open and a frozen one each read
-            container = av.open(url, options=dict(_OPEN_OPTIONS),
-                                timeout=(src.open_timeout_s, src.read_timeout_s))
+            # Without timeouts a dead camera blocks the open and a frozen one each read. The open is bounded by
+            # PyAV's timeout (its interrupt callback); the reads by FFmpeg's own socket timeout, not PyAV's: PyAV
+            # checks its read timeout by taking the GIL on every socket read (three per RTP packet, ~2,000 every
+            # 2 s at 4 Mbit/s), which with dozens of cameras is GIL traffic on every reader thread.
+            options = dict(_OPEN_OPTIONS, timeout=str(int(src.read_timeout_s * 1e6)))  # microseconds
+            container = av.open(url, options=options, timeout=(src.open_timeout_s, None))
         except (av.error.FFmpegError, OSError) as e:  # PyAV's messages carry the URL: scrubbed
             return self.open_failed(say, f"cannot open {shown}: {_scrub(str(e), url)}")
         try:
@@ -129,7 +132,7 @@ class _PyAvReader(_Reader):
                 packet = None
             except av.error.FFmpegError as e:
                 if self.is_current(gen):
-                    timed_out = isinstance(e, av.error.ExitError)  # the read timeout fired
+                    timed_out = isinstance(e, (av.error.TimeoutError, av.error.ExitError))  # a read timed out
                     reason = ("stalled: no data within the read timeout" if timed_out
                               else f"the stream ended or the connection broke ({_scrub(str(e), url)})")
                     self.drop(reason, stall=timed_out, gen=gen)
