@@ -208,7 +208,16 @@ def child_bare(a: argparse.Namespace) -> int:
     seen: set[str] = set()
 
     def camera(url: str) -> None:
-        with av.open(url, options={"rtsp_transport": "tcp", "fpsprobesize": "1"}, timeout=(30, 5)) as c:
+        try:
+            read_camera(url)
+        except Exception:  # into the child's log: a camera that dies here would otherwise just make no scans
+            import traceback
+            traceback.print_exc()
+
+    def read_camera(url: str) -> None:
+        # reads bounded by FFmpeg's socket timeout, as the runtime does (PyAV's read timeout takes the GIL per read)
+        with av.open(url, options={"rtsp_transport": "tcp", "fpsprobesize": "1", "timeout": "30000000"},
+                     timeout=(30, None)) as c:
             stream = c.streams.video[0]
             stream.codec_context.thread_count = 1
             stream.codec_context.skip_frame = "NONKEY"
@@ -373,6 +382,10 @@ def run_phase(kind: str, n: int, a: argparse.Namespace, work: Path, urls: list[s
     st = json.loads(stats.read_text())
     cpu = seen["end"][0] - seen["warm"][0]
     lags = st["lags"]
+    if not lags:
+        tail = log_path.read_text()[-3000:]
+        raise SystemExit(f"bench: the {kind} run with {n} cameras made no scan in its measured window; its log "
+                         f"ends:\n{tail}")
     due = n * a.seconds / a.scan_interval
     out = dict(cameras=n, cpu_s=round(cpu, 2), scans=len(lags), scans_ratio=round(len(lags) / due, 3),
                cpu_s_per_camera_hour=round(cpu / n * 3600 / a.seconds, 1),

@@ -89,8 +89,12 @@ class _PyAvReader(_Reader):
             # Without timeouts a dead camera blocks the open and a frozen one each read. The open is bounded by
             # PyAV's timeout (its interrupt callback); the reads by FFmpeg's own socket timeout, not PyAV's: PyAV
             # checks its read timeout by taking the GIL on every socket read (three per RTP packet, ~2,000 every
-            # 2 s at 4 Mbit/s), which with dozens of cameras is GIL traffic on every reader thread.
-            options = dict(_OPEN_OPTIONS, timeout=str(int(src.read_timeout_s * 1e6)))  # microseconds
+            # 2 s at 4 Mbit/s), which with dozens of cameras is GIL traffic on every reader thread. The socket
+            # timeout also bounds each read of the open, so it is never shorter than the open timeout (a camera
+            # may take seconds to answer DESCRIBE); a stall is still noticed after read_timeout_s, by the
+            # consumer's watchdog, and this thread gets its socket back at the socket timeout.
+            sock_s = max(src.read_timeout_s, src.open_timeout_s)
+            options = dict(_OPEN_OPTIONS, timeout=str(int(sock_s * 1e6)))  # microseconds
             container = av.open(url, options=options, timeout=(src.open_timeout_s, None))
         except (av.error.FFmpegError, OSError) as e:  # PyAV's messages carry the URL: scrubbed
             return self.open_failed(say, f"cannot open {shown}: {_scrub(str(e), url)}")

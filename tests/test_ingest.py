@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,67 @@ def test_frames_convert_to_the_same_bgr_as_swscale(clips: dict[str, Path]) -> No
         assert to_bgr(full).shape == ref.shape
     assert ours.shape == ref.shape and np.abs(ours - ref).mean() < 2.0 and np.percentile(np.abs(ours - ref), 99) <= 6
 
+
+
+class SlowProxy:
+    """A TCP proxy in front of the RTSP server that holds the server's first answer back `delay_s`: a camera (or
+    NVR) slow to answer the RTSP handshake, then streaming normally."""
+
+    def __init__(self, port: int, delay_s: float) -> None:
+        import socket
+
+        self.target, self.delay_s = port, delay_s
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.closing = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self.closing.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pipe, args=(client, server, 0.0), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, self.delay_s), daemon=True).start()
+
+    def _pipe(self, src: Any, dst: Any, delay_s: float) -> None:
+        first = True
+        try:
+            while data := src.recv(65536):
+                if first and delay_s:
+                    time.sleep(delay_s)
+                first = False
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.closing.set()
+        self.sock.close()
+
+
+@pytest.mark.slow
+def test_pyav_a_camera_slower_to_answer_than_the_read_timeout_but_within_the_open_timeout_opens(
+        rtsp_ok: None, clips: dict[str, Path]) -> None:
+    """The read timeout bounds reads of a flowing stream; the open (handshake and probing) has the open timeout."""
+    with RtspServer({"cam1": clips["cam"]}) as srv:
+        proxy = SlowProxy(srv.port, delay_s=2.5)
+        run = Run(lambda cb: PyAvSource("cam1", f"rtsp://127.0.0.1:{proxy.port}/cam1", 0.5, open_timeout_s=6.0,
+                                        read_timeout_s=1.0, on_status=cb))
+        try:
+            run.wait("a frame through the slow handshake", lambda: len(run.frames) >= 2, 20)
+        finally:
+            run.close()
+            proxy.close()
+    first_frame = run.frames[0][0]
+    assert not [s for t, s in run.statuses if t < first_frame and s["state"] == "offline"], run.statuses
