@@ -151,6 +151,8 @@ def child_ours(a: argparse.Namespace) -> int:
                 if len(seen) == len(loaded.cameras):
                     break
             time.sleep(0.2)
+        with lock:
+            scanning.append(len(seen))
         print(f"MARK all-scanning {time.monotonic() - t_start:.1f}", flush=True)
         time.sleep(a.warmup)
         mark("warm")
@@ -166,6 +168,7 @@ def child_ours(a: argparse.Namespace) -> int:
     mark("loaded")
     t_start = time.monotonic()
     scans_at_warm: list[int] = []
+    scanning: list[int] = []  # cameras that had made a scan when the warm-up began
     threading.Thread(target=clock, daemon=True).start()
     threading.Thread(target=lambda: (ended.wait(), app.stop_event.set()), daemon=True).start()
     app.run_live(duration_s=None, install_signals=False)
@@ -185,7 +188,8 @@ def child_ours(a: argparse.Namespace) -> int:
     b0, b1 = w["batching"] or {}, e["batching"] or {}
     calls, frames = b1.get("calls", 0) - b0.get("calls", 0), b1.get("frames", 0) - b0.get("frames", 0)
     Path(a.stats).write_text(json.dumps(dict(lags=window, decode_cpu_s=decode, inference_cpu_s=inference,
-                                             mean_batch=round(frames / calls, 2) if calls else None)))
+                                             mean_batch=round(frames / calls, 2) if calls else None,
+                                             cameras_scanning=scanning[0] if scanning else None)))
     return 0
 
 
@@ -394,6 +398,12 @@ def run_phase(kind: str, n: int, a: argparse.Namespace, work: Path, urls: list[s
                rss_mb_per_camera=round(max(0.0, seen["end"][1] - seen["loaded"][1]) / n, 1),
                scan_lag_p50_s=pct(lags, 0.5), scan_lag_p95_s=pct(lags, 0.95), load_avg=load_avg())
     out["held"] = bool(lags) and out["scan_lag_p95_s"] <= a.scan_interval and out["scans_ratio"] >= 0.9
+    if st.get("cameras_scanning") is not None:
+        out["cameras_scanning"] = st["cameras_scanning"]
+        if st["cameras_scanning"] < n:  # a figure over fewer cameras than asked for says nothing: say so
+            out["held"] = False
+            print(f"bench: only {st['cameras_scanning']} of {n} cameras were scanning when the measurement began "
+                  f"(opens failed or took over 180 s; --keep keeps the log)", file=sys.stderr, flush=True)
     if kind == "ours" and cpu > 0:
         dec, inf = st["decode_cpu_s"], st["inference_cpu_s"]
         out["shares"] = dict(decode=round(dec / cpu, 3), inference=round(inf / cpu, 3),
