@@ -219,9 +219,7 @@ def child_bare(a: argparse.Namespace) -> int:
             traceback.print_exc()
 
     def read_camera(url: str) -> None:
-        # reads bounded by FFmpeg's socket timeout, as the runtime does (PyAV's read timeout takes the GIL per read)
-        with av.open(url, options={"rtsp_transport": "tcp", "fpsprobesize": "1", "timeout": "30000000"},
-                     timeout=(30, None)) as c:
+        with av.open(url, options={"rtsp_transport": "tcp", "fpsprobesize": "1"}, timeout=(30, 5)) as c:
             stream = c.streams.video[0]
             stream.codec_context.thread_count = 1
             stream.codec_context.skip_frame = "NONKEY"
