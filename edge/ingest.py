@@ -87,10 +87,10 @@ class _PyAvReader(_Reader):
         shown = self.shown
         try:
             # (open, read) timeouts: without them a dead camera blocks the open and a frozen one each read.
-            # Not FFmpeg's socket timeout (RTSP option `timeout`), though it would spare PyAV's read-timeout check,
-            # which takes the GIL on every socket read (~4 ms of CPU per 2 s a 1080p camera): with it, 32 cameras
-            # opening at once against one busy server failed their opens (bench A/B: 2 of 32 scanning after 180 s,
-            # against all 32 with PyAV's timeouts); why is not understood yet.
+            # FFmpeg's socket timeout (RTSP option `timeout`) would spare PyAV's read-timeout check, which takes
+            # the GIL on every socket read (~4 ms of CPU per 2 s a 1080p camera). It was tried and set aside: a
+            # 32-camera bench run with it failed its opens, but so did a later run with these timeouts (the test
+            # server's mass opens are flaky on a loaded box), so the question is open; it needs a proper A/B.
             container = av.open(url, options=dict(_OPEN_OPTIONS),
                                 timeout=(src.open_timeout_s, src.read_timeout_s))
         except (av.error.FFmpegError, OSError) as e:  # PyAV's messages carry the URL: scrubbed
