@@ -180,8 +180,8 @@ class _PyAvReader(_Reader):
                 continue  # the decoder would discard it (skip_frame): don't even hand it over
             # keyframes only: take the keyframe nearest the due time (up to half a GOP early)
             slack = min(0.5 * (self.gop_s or 0.0), 0.5 * scan_s) if keyframes_only else 0.0
-            due = live and now + slack >= self.next_due
-            if keyframes_only and not due:
+            wanted = live and now + slack >= self.next_due
+            if keyframes_only and not wanted:
                 # a keyframe no scan wants (a GOP shorter than the scan interval, or the backlog at an open):
                 # each keyframe decodes on its own, so skipping one costs nothing and saves ~25 ms a 1080p frame
                 continue
@@ -193,8 +193,9 @@ class _PyAvReader(_Reader):
             for vf in frames:
                 with self.lock:
                     self.decoded += 1
-                if not (live and now + slack >= self.next_due):
+                if not wanted:
                     continue
+                wanted = False  # one picture per due time: another from this packet waits for the next scan
                 due = self.next_due + scan_s  # keep the grid; restart it after a gap
                 self.next_due = due if due > now else now + scan_s
                 self.offer(Frame(src.camera_id, src.clock(), to_bgr(vf), self.seq), gen)
