@@ -27,6 +27,7 @@ from edge.app import EdgeApp, load_everything  # noqa: E402
 from edge.types import Frame  # noqa: E402
 from fixtures_mqtt import Mosquitto, Received, Subscriber  # noqa: E402
 from fixtures_rtsp import RtspServer, ffmpeg_unavailable, make_clip, rtsp_unavailable  # noqa: E402
+from test_hot_reload import wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGE, EDGE_PW = "iso-edge", "Iso-edge-pw-5521"
@@ -58,16 +59,6 @@ class Watch:
             return [s for s in self.scans if s[0] == camera and s[2] >= since]
 
 
-def wait(what: str, cond: Any, timeout: float) -> float:
-    """Seconds until `cond()` held; fails naming `what` after `timeout`."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout:g} s")
-
-
 def status_after(sub: Subscriber, camera: str, since_mono: float) -> list[dict[str, Any]]:
     msgs: list[Received] = sub.snapshot()
     return [m.json() for m in msgs if m.topic.endswith(f"/camera/{camera}/status") and m.at >= since_mono]
@@ -95,18 +86,18 @@ def test_a_camera_killed_frozen_restarted_and_resized_never_delays_the_others(tm
         runner.start()
         timings: dict[str, float] = {}
         try:
-            wait("all three cameras scanning",
+            wait_until("all three cameras scanning",
                  lambda: all(len(watch.of(c)) >= 3 for c in ("steady1", "steady2", "victim")), 60)
             faults_from = time.time()
 
             def offline_within(what: str, since: float) -> None:
-                timings[what] = wait(f"victim reported offline after {what}", lambda: any(
+                timings[what] = wait_until(f"victim reported offline after {what}", lambda: any(
                     s["state"] == "offline" for s in status_after(sub, "victim", since)), 10)
 
             def back_within(what: str, since_mono: float, since_wall: float, shape: tuple[int, ...] | None = None) -> None:
-                timings[what] = wait(f"victim scanning again after {what}", lambda: any(
+                timings[what] = wait_until(f"victim scanning again after {what}", lambda: any(
                     shape is None or s[3] == shape for s in watch.of("victim", since_wall)), 30)
-                wait(f"victim's status after {what}", lambda: any(
+                wait_until(f"victim's status after {what}", lambda: any(
                     s["state"] in ("online", "degraded") for s in status_after(sub, "victim", since_mono)), 5)
 
             # killed (a camera losing power), then back

@@ -35,11 +35,12 @@ def scans(app: EdgeApp) -> dict[str, int]:
     return dict(app.summary.scans_by_camera)
 
 
-def wait_until(what: str, cond, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
+def wait_until(what: str, cond, timeout: float) -> float:
+    """Seconds until `cond()` held; fails naming `what` after `timeout`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
         if cond():
-            return
+            return time.monotonic() - t0
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
 
