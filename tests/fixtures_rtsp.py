@@ -65,10 +65,12 @@ class RtspServer:
     `kill()` kills it the hard way (like a crashed camera); `restart()` brings it back on the same port.
     """
 
-    def __init__(self, clips: dict[str, str | Path], port: int = 0, freeze_after: float | None = None) -> None:
+    def __init__(self, clips: dict[str, str | Path], port: int = 0, freeze_after: float | None = None,
+                 auth: str | None = None) -> None:
         self.clips = {m: Path(p) for m, p in clips.items()}
         self.port = port
         self.freeze_after = freeze_after
+        self.auth = auth  # "user:pass": the server demands Digest authentication
         self.proc: subprocess.Popen[str] | None = None
         self._stderr = tempfile.TemporaryFile(mode="w+")
 
@@ -81,7 +83,7 @@ class RtspServer:
         self._stderr.close()
 
     def url(self, mount: str, auth: str | None = None) -> str:
-        """rtsp://[auth@]127.0.0.1:PORT/MOUNT (the server ignores credentials, so any auth connects)."""
+        """rtsp://[auth@]127.0.0.1:PORT/MOUNT (without `auth=` at start the server ignores credentials)."""
         return f"rtsp://{auth + '@' if auth else ''}127.0.0.1:{self.port}/{mount.strip('/')}"
 
     def start(self) -> None:
@@ -90,6 +92,8 @@ class RtspServer:
             cmd += ["--clip", f"{mount}={path}"]
         if self.freeze_after is not None:
             cmd += ["--freeze-after", str(self.freeze_after)]
+        if self.auth is not None:
+            cmd += ["--auth", self.auth]
         self._stderr.seek(0)
         self._stderr.truncate()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True,

@@ -5,6 +5,8 @@ Run with Debian's /usr/bin/python3 (the only interpreter that imports `gi`):
 
     /usr/bin/python3 tests/rtsp_server.py --port 0 --clip cam1=a.mp4 --clip cam2=b.mp4 [--freeze-after 5]
 
+`--auth USER:PASS` demands Digest authentication, as most IP cameras do.
+
 Prints `READY <port>` on stdout once it listens, and stops on SIGTERM/SIGINT.
 
 Why this shape (see shared/INFRA.md): a plain `filesrc ! qtdemux ! rtph264pay` media stops at the end of the
@@ -29,8 +31,9 @@ import gi
 
 gi.require_version("Gst", "1.0")
 gi.require_version("GstApp", "1.0")
+gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstApp, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstApp, GstRtsp, GstRtspServer  # noqa: E402
 
 _LAUNCH = ("( appsrc name=src is-live=true format=time ! h264parse "
            "! rtph264pay config-interval=1 name=pay0 pt=96 )")
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="serve PATH (H.264 MP4) on rtsp://127.0.0.1:PORT/MOUNT; repeatable")
     ap.add_argument("--freeze-after", type=float, default=None, metavar="S",
                     help="stop sending data S seconds after a mount's first client, keeping connections open")
+    ap.add_argument("--auth", default=None, metavar="USER:PASS",
+                    help="require RTSP Digest authentication with these credentials (as most IP cameras do)")
     args = ap.parse_args(argv)
 
     Gst.init(None)
@@ -165,6 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
     mounts = server.get_mount_points()
+    role = None
+    if args.auth:
+        user, _, password = args.auth.partition(":")
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", "viewer")
+        auth.add_digest(user, password, token)
+        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+        server.set_auth(auth)
+        role = "viewer"
     feeders = []
     for spec in args.clip:
         name, sep, path = spec.partition("=")
@@ -174,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(_LAUNCH)
         factory.set_shared(True)
+        if role:
+            factory.add_role_from_structure(Gst.Structure.from_string(
+                f"{role}, media.factory.access=(boolean)true, media.factory.construct=(boolean)true")[0])
         factory.connect("media-configure", lambda _f, media, fd=feeder: fd.attach(media))
         mounts.add_factory(feeder.mount, factory)
         feeders.append(feeder)
