@@ -454,6 +454,7 @@ def open_source(camera: Camera) -> Source:
                 raise SourceError(f"camera {camera.id}: decoder: pyav, but PyAV is not installed (pip install av)")
             from edge.ingest import PyAvSource
 
-            return PyAvSource(camera.id, url, camera.scan_interval_s, **kwargs)
+            return PyAvSource(camera.id, url, camera.scan_interval_s,
+                              rtsp_client=getattr(camera, "rtsp_client", "auto"), **kwargs)
         return RtspSource(camera.id, url, camera.scan_interval_s, **kwargs)
     return FileSource(camera.id, expand_env(url, where), camera.scan_interval_s)

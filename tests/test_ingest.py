@@ -2,6 +2,7 @@
 least the GOP, every frame otherwise; reconnect after a kill, stall on a freeze, never a password shown."""
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -70,14 +71,20 @@ def test_pyav_unreachable_camera_is_offline_masked_and_stops_promptly(
     check_unreachable_camera(PyAvSource, monkeypatch, caplog, capfd)
 
 
+# both RTSP clients: the built-in one (the default for H.264 over rtsp://) and FFmpeg's (its fallback)
+CLIENTS = pytest.mark.parametrize("client", ["builtin", "ffmpeg"])
+
+
 @pytest.mark.slow
+@CLIENTS
 def test_pyav_keyframes_only_when_the_gop_is_shorter_than_the_scan(
         rtsp_ok: None, clips: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, client: str) -> None:
     monkeypatch.setenv("CAM_PW", SECRET)
     caplog.set_level(logging.DEBUG, logger="edge")
     with RtspServer({"cam1": clips["short"]}) as srv:
-        run = Run(lambda cb: PyAvSource("cam1", srv.url("cam1", auth="viewer:${CAM_PW}"), 1.0, on_status=cb))
+        run = Run(lambda cb: PyAvSource("cam1", srv.url("cam1", auth="viewer:${CAM_PW}"), 1.0, on_status=cb,
+                                        rtsp_client=client))
         try:
             run.wait("5 scans", lambda: len(run.frames) >= 5, 25)
             udp = own_udp_sockets()
@@ -92,6 +99,7 @@ def test_pyav_keyframes_only_when_the_gop_is_shorter_than_the_scan(
     assert abs(ts[-1] - time.time()) < 30  # capture time, epoch
     assert all(f.image.shape == (180, 320, 3) and f.image.dtype == np.uint8 for _, f in run.frames)
     assert [f.seq for _, f in run.frames[:5]] == list(range(5))
+    assert ingest["client"] == client
     assert ingest["mode"] == "keyframes" and ingest["gop_s"] == pytest.approx(0.5, abs=0.03), ingest
     # one picture decoded per scan: not every frame, nor every keyframe (two per scan here)
     assert ingest["packets"] >= 60 and ingest["decoded"] <= ingest["packets"] / 20 + 2, ingest
@@ -103,11 +111,12 @@ def test_pyav_keyframes_only_when_the_gop_is_shorter_than_the_scan(
 
 
 @pytest.mark.slow
+@CLIENTS
 def test_pyav_decodes_every_frame_when_the_gop_is_longer_than_the_scan(
-        rtsp_ok: None, clips: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+        rtsp_ok: None, clips: dict[str, Path], caplog: pytest.LogCaptureFixture, client: str) -> None:
     caplog.set_level(logging.INFO, logger="edge.ingest")
     with RtspServer({"cam1": clips["long"]}) as srv:
-        run = Run(lambda cb: PyAvSource("cam1", srv.url("cam1"), 0.5, on_status=cb))
+        run = Run(lambda cb: PyAvSource("cam1", srv.url("cam1"), 0.5, on_status=cb, rtsp_client=client))
         try:
             run.wait("decode-all mode", lambda: run.source.ingest()["mode"] == "all", 25)
             switched = time.monotonic()
@@ -117,7 +126,7 @@ def test_pyav_decodes_every_frame_when_the_gop_is_longer_than_the_scan(
             late = run.frames_after(switched)
         finally:
             run.close()
-    assert before["gop_s"] == pytest.approx(3.0, abs=0.1), before
+    assert before["gop_s"] == pytest.approx(3.0, abs=0.1) and before["client"] == client, before
     assert "GOP 3.00 s, scan every 0.50 s: decoding every frame" in caplog.text
     gaps = np.diff([f.ts for f in late[:5]])
     assert np.all((gaps > 0.3) & (gaps < 0.8)), gaps  # the scan cadence, not the 3 s keyframe cadence
@@ -126,13 +135,17 @@ def test_pyav_decodes_every_frame_when_the_gop_is_longer_than_the_scan(
 
 
 @pytest.mark.slow
-def test_pyav_reconnects_after_the_server_comes_back(rtsp_ok: None, clips: dict[str, Path]) -> None:
-    check_reconnects_after_the_server_comes_back(PyAvSource, clips["cam"])
+@CLIENTS
+def test_pyav_reconnects_after_the_server_comes_back(rtsp_ok: None, clips: dict[str, Path], client: str) -> None:
+    check_reconnects_after_the_server_comes_back(functools.partial(PyAvSource, rtsp_client=client), clips["cam"])
 
 
 @pytest.mark.slow
-def test_pyav_frozen_server_is_a_stall_and_no_stale_frame_follows(rtsp_ok: None, clips: dict[str, Path]) -> None:
-    check_frozen_server_is_a_stall(PyAvSource, clips["cam"], max_frame_age_s=1.0 + 0.5)  # PyAV: no stale reads
+@CLIENTS
+def test_pyav_frozen_server_is_a_stall_and_no_stale_frame_follows(rtsp_ok: None, clips: dict[str, Path],
+                                                                 client: str) -> None:
+    check_frozen_server_is_a_stall(functools.partial(PyAvSource, rtsp_client=client), clips["cam"],
+                                   max_frame_age_s=1.0 + 0.5)  # PyAV: no stale reads
 
 
 def test_stop_event_unused_thread_free() -> None:

@@ -1,0 +1,302 @@
+"""The built-in RTSP client (edge/rtsp.py): RTP depacketising and the protocol corners against a scripted peer on
+a real socket (unit tests), Digest authentication and the fallback to FFmpeg's client against the real
+gst-rtsp-server."""
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("av")
+
+from edge.ingest import PyAvSource  # noqa: E402
+from edge.rtsp import RtspClient, RtspError, RtspTimeout, RtspUnsupported  # noqa: E402
+from fixtures_rtsp import RtspServer, ffmpeg_unavailable, make_clip, rtsp_unavailable  # noqa: E402
+from test_sources import SECRET, Run  # noqa: E402
+
+SC = b"\x00\x00\x00\x01"
+SPS = bytes([0x67, 0x42, 0x00, 0x1E, 0xAB])
+PPS = bytes([0x68, 0xCE, 0x3C, 0x80])
+IDR = bytes([0x65]) + bytes(range(1, 200))      # an IDR slice NAL (header 0x65), 199 bytes of payload
+P1 = bytes([0x41]) + b"\x9a" * 50                # a non-IDR slice
+P2 = bytes([0x41]) + b"\x9b" * 30
+
+H264_SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=cam\r\nt=0 0\r\n"
+            "m=audio 0 RTP/AVP 0\r\na=control:stream=1\r\n"
+            "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+            "a=fmtp:96 packetization-mode=1;sprop-parameter-sets=Z0IAHqs=,aM48gA==\r\na=control:stream=0\r\n")
+H265_SDP = H264_SDP.replace("H264", "H265").replace("packetization-mode=1;", "")
+
+
+def rtp(seq: int, ts: int, payload: bytes, marker: bool = False, pt: int = 96, pad: int = 0, csrc: int = 0,
+        ext: bytes | None = None, channel: int = 0) -> bytes:
+    """One RTP packet, interleaved ($, channel, length) as on an RTSP/TCP connection."""
+    b0 = 0x80 | csrc | (0x20 if pad else 0) | (0x10 if ext is not None else 0)
+    head = struct.pack("!BBHII", b0, (0x80 if marker else 0) | pt, seq & 0xFFFF, ts & 0xFFFFFFFF, 0x1234)
+    head += b"\x00\x00\x00\x01" * csrc
+    if ext is not None:
+        head += struct.pack("!HH", 0xBEDE, len(ext) // 4) + ext
+    body = head + payload + (bytes(pad - 1) + bytes([pad]) if pad else b"")
+    return b"$" + bytes([channel]) + struct.pack("!H", len(body)) + body
+
+
+def fu_a(nal: bytes, size: int) -> list[bytes]:
+    """A NAL unit cut into FU-A fragments of `size` payload bytes."""
+    header, body = nal[0], nal[1:]
+    chunks = [body[i:i + size] for i in range(0, len(body), size)]
+    out = []
+    for i, chunk in enumerate(chunks):
+        fu = (header & 0x1F) | (0x80 if i == 0 else 0) | (0x40 if i == len(chunks) - 1 else 0)
+        out.append(bytes([(header & 0xE0) | 28, fu]) + chunk)
+    return out
+
+
+def stap_a(*nals: bytes) -> bytes:
+    return bytes([24]) + b"".join(struct.pack("!H", len(n)) + n for n in nals)
+
+
+def gop(seq: int, ts: int, marker_on_p: bool = True) -> tuple[list[bytes], int]:
+    """SPS+PPS (STAP-A) and an IDR in 3 FU-A fragments at ts, then two P-frames: (interleaved packets, next seq)."""
+    pkts = [rtp(seq, ts, stap_a(SPS, PPS))]
+    frags = fu_a(IDR, 70)
+    pkts += [rtp(seq + 1 + i, ts, f, marker=i == len(frags) - 1) for i, f in enumerate(frags)]
+    seq += 1 + len(frags)
+    pkts += [rtp(seq, ts + 3600, P1, marker=marker_on_p), rtp(seq + 1, ts + 7200, P2, marker=marker_on_p)]
+    return pkts, seq + 2
+
+
+KEY_AU = SC + SPS + SC + PPS + SC + IDR
+
+
+class ScriptedCamera:
+    """A scripted RTSP peer on a real socket: answers OPTIONS/DESCRIBE/SETUP/PLAY from its script, then sends
+    `stream` (interleaved packets, optionally spread over `over_s` seconds), and answers keep-alives."""
+
+    def __init__(self, sdp: str = H264_SDP, stream: list[bytes] | None = None, over_s: float = 0.0,
+                 session: str = "S1;timeout=60", setup_status: str = "200 OK", describe_status: str = "200 OK",
+                 extra: list[bytes] | None = None) -> None:
+        self.sdp, self.stream, self.over_s = sdp, stream or [], over_s
+        self.session, self.setup_status, self.describe_status = session, setup_status, describe_status
+        self.requests: list[tuple[float, str, str]] = []  # (time, method, uri)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def url(self, auth: str = "") -> str:
+        return f"rtsp://{auth + '@' if auth else ''}127.0.0.1:{self.port}/live"
+
+    def serve(self) -> None:
+        conn, _ = self.listener.accept()
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                method, uri = lines[0].split()[:2]
+                cseq = next(line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("cseq"))
+                self.requests.append((time.monotonic(), method, uri))
+                status, headers, body = "200 OK", "", b""
+                if method == "OPTIONS":
+                    headers = "Public: OPTIONS, DESCRIBE, SETUP, PLAY, GET_PARAMETER, TEARDOWN\r\n"
+                elif method == "DESCRIBE":
+                    status, body = self.describe_status, self.sdp.encode()
+                    headers = f"Content-Base: rtsp://127.0.0.1:{self.port}/live/\r\nContent-Type: application/sdp\r\n"
+                elif method == "SETUP":
+                    status = self.setup_status
+                    headers = f"Session: {self.session}\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n"
+                reply = (f"RTSP/1.0 {status}\r\nCSeq: {cseq}\r\n{headers}Content-Length: {len(body)}\r\n\r\n"
+                         ).encode() + body
+                with self.lock:
+                    conn.sendall(reply)
+                if method == "PLAY":
+                    threading.Thread(target=self.send_stream, args=(conn,), daemon=True).start()
+
+    def send_stream(self, conn: socket.socket) -> None:
+        step = self.over_s / max(1, len(self.stream))
+        try:
+            for pkt in self.stream:
+                with self.lock:
+                    conn.sendall(pkt)
+                if step:
+                    time.sleep(step)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def units(cam: ScriptedCamera, n: int, want_all: bool = True, read_timeout_s: float = 2.0) -> list:
+    client = RtspClient(cam.url(), 2.0, read_timeout_s)
+    client.open()
+    out = []
+    try:
+        for unit in client.access_units(lambda: want_all):
+            out.append(unit)
+            if len(out) >= n:
+                break
+    finally:
+        client.close()
+        cam.close()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ depacketising
+def test_access_units_are_reassembled_from_stap_a_fu_a_and_single_nal_packets() -> None:
+    g1, seq = gop(100, 90000)
+    g2, _ = gop(seq, 90000 + 3 * 3600)
+    got = units(ScriptedCamera(stream=g1 + g2), 4)
+    assert [u.key for u in got] == [True, False, False, True]
+    assert [u.pts for u in got] == [0, 3600, 7200, 10800]  # 90 kHz, from the session's first packet
+    assert got[0].data == KEY_AU and got[3].data == KEY_AU
+    assert got[1].data == SC + P1 and got[2].data == SC + P2
+    assert not any(u.damaged for u in got)
+
+
+def test_only_keyframes_are_assembled_while_only_keyframes_are_wanted() -> None:
+    g1, seq = gop(7, 1000)
+    g2, _ = gop(seq, 1000 + 3 * 3600)
+    got = units(ScriptedCamera(stream=g1 + g2), 4, want_all=False)
+    assert [u.data for u in got] == [KEY_AU, None, None, KEY_AU]
+    assert [u.size for u in got[1:3]] == [len(P1), len(P2)]  # sizes still known: the stream is alive
+
+
+def test_a_lost_packet_damages_only_its_own_access_unit() -> None:
+    g1, seq = gop(0, 0)
+    g2, _ = gop(seq, 3 * 3600)
+    del g1[2]  # the middle FU-A fragment of the first IDR
+    got = units(ScriptedCamera(stream=g1 + g2), 4)
+    assert got[0].damaged and got[0].data is None and not got[0].key  # never decoded: it would smear
+    assert [u.damaged for u in got[1:]] == [False, False, False] and got[3].data == KEY_AU
+
+
+def test_rtcp_keepalive_replies_padding_csrc_extension_and_missing_markers() -> None:
+    stream = [rtp(1, 500, stap_a(SPS, PPS)), rtp(9, 0, b"\x80\xc9\x00\x01", channel=1),  # RTCP on channel 1
+              b"RTSP/1.0 200 OK\r\nCSeq: 99\r\nContent-Length: 0\r\n\r\n",  # a keep-alive reply mid-stream
+              rtp(2, 500, IDR, marker=True, pad=4, csrc=2, ext=b"\x10\x20\x30\x40"),
+              rtp(3, 500 + 3600, P1),  # no marker bit: the next timestamp ends the unit
+              rtp(4, 500 + 7200, P2, marker=True), rtp(5, 500 + 7200, b"", pt=97)]  # a stray payload type
+    got = units(ScriptedCamera(stream=stream), 3)
+    assert [(u.key, u.data) for u in got] == [(True, KEY_AU), (False, SC + P1), (False, SC + P2)]
+
+
+def test_rtp_timestamps_keep_rising_across_the_32_bit_wrap() -> None:
+    start = 2**32 - 3600
+    stream = [rtp(i, start + i * 3600, P1, marker=True) for i in range(4)]
+    got = units(ScriptedCamera(stream=stream), 4)
+    assert [u.pts for u in got] == [0, 3600, 7200, 10800]
+
+
+# ------------------------------------------------------------------------------------------ protocol
+def test_keepalives_go_out_at_half_the_session_timeout_while_streaming() -> None:
+    pkts = [rtp(i, i * 3600, IDR if i % 10 == 0 else P1, marker=True) for i in range(100)]
+    cam = ScriptedCamera(stream=pkts, over_s=4.0, session="S1;timeout=2")
+    got = units(cam, 95)
+    assert len(got) == 95
+    keepalives = [t for t, method, _ in cam.requests if method == "GET_PARAMETER"]
+    assert len(keepalives) >= 3, cam.requests  # ~4 s of stream, one every second
+    assert all(method != "SETUP" or uri == f"rtsp://127.0.0.1:{cam.port}/live/stream=0"
+               for _, method, uri in cam.requests)  # the video track's control, resolved against Content-Base
+
+
+@pytest.mark.parametrize(("script", "match"), [
+    (dict(sdp=H265_SDP), "no H.264 video track.*H265"),
+    (dict(setup_status="461 Unsupported Transport"), "refused RTP over TCP"),
+    (dict(sdp=H264_SDP.replace("packetization-mode=1", "packetization-mode=2")), "packetization-mode 2"),
+])
+def test_what_the_client_cannot_read_is_unsupported(script: dict, match: str) -> None:
+    cam = ScriptedCamera(**script)
+    client = RtspClient(cam.url("viewer:" + SECRET), 2.0, 2.0)
+    with pytest.raises(RtspUnsupported, match=match) as e:
+        client.open()
+    client.close()
+    cam.close()
+    assert SECRET not in str(e.value)
+
+
+def test_a_missing_stream_and_a_silent_camera_are_errors_without_the_url() -> None:
+    cam = ScriptedCamera(describe_status="404 Not Found")
+    with pytest.raises(RtspError, match="DESCRIBE: 404 Not Found") as e:
+        RtspClient(cam.url("viewer:" + SECRET), 2.0, 2.0).open()
+    assert SECRET not in str(e.value) and "127.0.0.1" not in str(e.value)
+    cam.close()
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog) and never answers
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RtspTimeout, match="OPTIONS: no answer within 0.5 s"):
+            RtspClient(f"rtsp://127.0.0.1:{silent.getsockname()[1]}/x", 0.5, 0.5).open()
+        assert time.monotonic() - t0 < 2
+    finally:
+        silent.close()
+
+
+def test_a_camera_that_stops_sending_is_a_timeout() -> None:
+    g1, _ = gop(0, 0)
+    with pytest.raises(RtspTimeout, match="no data within the read timeout"):
+        units(ScriptedCamera(stream=g1), 10, read_timeout_s=0.5)
+
+
+# ----------------------------------------------------------------------------------------- real server
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if (why := ffmpeg_unavailable() or rtsp_unavailable()) is not None:
+        pytest.skip(why)
+    return make_clip(tmp_path_factory.mktemp("rtsp") / "cam.mp4", seconds=4, fps=10, gop=10)
+
+
+@pytest.mark.slow
+def test_digest_authentication_against_the_real_server(clip: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="edge")
+    monkeypatch.setenv("CAM_PW", SECRET)
+    monkeypatch.setenv("BAD_PW", SECRET + "x")
+    with RtspServer({"cam1": clip}, auth=f"viewer:{SECRET}") as srv:
+        good = Run(lambda cb: PyAvSource("cam1", srv.url("cam1", auth="viewer:${CAM_PW}"), 0.5, on_status=cb))
+        bad = Run(lambda cb: PyAvSource("cam2", srv.url("cam1", auth="viewer:${BAD_PW}"), 0.5, on_status=cb))
+        try:
+            good.wait("3 scans", lambda: len(good.frames) >= 3, 20)
+            bad.wait("the refusal", lambda: "credentials" in (bad.source.status()["error"] or ""), 20)
+            ingest, bad_status = good.source.ingest(), bad.source.status()
+        finally:
+            good.close()
+            bad.close()
+    assert ingest["client"] == "builtin" and good.frames[0][1].image.shape == (180, 320, 3)
+    assert bad_status["state"] != "online" and "refused the credentials (401" in bad_status["error"]
+    assert bad.source.builtin_refused is None  # a wrong password is not a reason to switch clients
+    assert SECRET not in caplog.text and SECRET not in bad_status["error"]
+
+
+def test_auto_falls_back_to_ffmpeg_for_a_camera_the_builtin_client_cannot_read(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="edge.ingest")
+    for mode in ("auto", "builtin"):
+        cam = ScriptedCamera(sdp=H265_SDP)
+        run = Run(lambda cb: PyAvSource("cam1", cam.url(), 2.0, open_timeout_s=1.0, on_status=cb, rtsp_client=mode))
+        try:
+            run.wait("the open to fail", lambda: (run.source.status()["error"] or "") != "", 10)
+            status = run.source.status()
+        finally:
+            run.close()
+            cam.close()
+        if mode == "auto":
+            assert "no H.264 video track" in (run.source.builtin_refused or "")
+            assert "reading it with FFmpeg's RTSP client from now on" in caplog.text
+            assert "built-in" not in status["error"]  # what failed after is FFmpeg's open of the scripted peer
+        else:
+            assert run.source.builtin_refused is None
+            assert "with the built-in RTSP client: no H.264 video track" in status["error"]
