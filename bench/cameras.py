@@ -352,7 +352,7 @@ def run_phase(kind: str, n: int, a: argparse.Namespace, work: Path, urls: list[s
               "--scan-interval", str(a.scan_interval), "--model", str(a.model)]
     if kind == "ours":
         state = work / f"state-{time.monotonic_ns()}"
-        site = write_site(work, urls, a.scan_interval, broker_port, a.decoder, a.model)
+        site = write_site(work, urls, a.scan_interval, broker_port, a.decoder, a.model, a.rtsp_client)
         cmd = [sys.executable, __file__, "--child", "ours", "--site", str(site), "--state", str(state), *common]
     else:  # bare, baseline: the camera URLs in a .streams file
         streams = work / "cams.streams"
@@ -411,7 +411,7 @@ def run_phase(kind: str, n: int, a: argparse.Namespace, work: Path, urls: list[s
 
 
 def write_site(work: Path, urls: list[str], scan_s: float, broker_port: int | None, decoder: str,
-               model: Path = MODEL) -> Path:
+               model: Path = MODEL, rtsp_client: str = "auto") -> Path:
     import yaml
 
     site = {"edge_id": EDGE, "model": str(model), "state_dir": str(work / "state"),
@@ -419,7 +419,7 @@ def write_site(work: Path, urls: list[str], scan_s: float, broker_port: int | No
                        "username_env": "BENCH_EDGE_USER", "password_env": "BENCH_EDGE_PASS"},
             # open timeout: the test server sets mounts up one after another, ~2 s each (a GOP) when many open
             "cameras": [{"id": f"cam{i + 1}", "url": u, "scan_interval_s": scan_s, "decoder": decoder,
-                         "open_timeout_s": 30}
+                         "rtsp_client": rtsp_client, "open_timeout_s": 30}
                         for i, u in enumerate(urls)]}
     p = work / f"site-{len(urls)}.yaml"
     p.write_text(yaml.safe_dump(site, sort_keys=False))
@@ -523,6 +523,7 @@ def parent(a: argparse.Namespace) -> int:
                 print(f"ours / bare loop CPU per camera: {result['cpu_ratio_ours_over_bare']}x", flush=True)
             result["rounds"] = a.rounds
         result.update(scan_interval_s=a.scan_interval, seconds=a.seconds, warmup_s=a.warmup, decoder=a.decoder,
+                      rtsp_client=a.rtsp_client,
                       model=a.model.name, load_avg=load_avg(), cpus=os.cpu_count())
     finally:
         rig.close()
@@ -577,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
                     "nothing else): what the product's rules, geo, book, outbox and MQTT add")
     ap.add_argument("--rounds", type=int, default=1, help="ours/baseline pairs; figures are their medians")
     ap.add_argument("--decoder", choices=("auto", "pyav", "opencv"), default="auto")
+    ap.add_argument("--rtsp-client", choices=("auto", "builtin", "ffmpeg"), default="auto",
+                    help="who receives our side's RTSP (the site key rtsp_client); the bare loop always uses FFmpeg's")
     ap.add_argument("--model", type=Path, default=MODEL, help="ONNX model for both sides (e.g. models/"
                     "cityops_det_n416_int8.onnx, the 8-bit copy for big boxes)")
     ap.add_argument("--find-max", action="store_true", help="largest N held (ours only)")
