@@ -56,8 +56,9 @@ class PyAvSource(RtspSource):
     """A live camera over RTSP (TCP) read with PyAV; same interface and status as `RtspSource`.
 
     read_timeout_s: no packet for this long is a stall (packets come at the frame rate in both modes).
-    `ingest()` tells how the camera is being decoded: mode (`keyframes`, `all`, or None before the first
-    open), the measured GOP in seconds, and packets / frames decoded so far.
+    `ingest()` tells how the camera is being decoded: client (`builtin` or `ffmpeg`), mode (`keyframes`, `all`,
+    or None before the first open), the measured GOP in seconds, packets / frames decoded so far, and (built-in
+    client) access units of the current session lost to RTP sequence gaps, never decoded.
     """
 
     decode_threads = DECODE_THREADS
@@ -72,10 +73,12 @@ class PyAvSource(RtspSource):
     def ingest(self) -> dict[str, Any]:
         reader = self._reader
         if not isinstance(reader, _PyAvReader):
-            return dict(decoder="pyav", client=None, mode=None, gop_s=None, packets=0, decoded=0)
+            return dict(decoder="pyav", client=None, mode=None, gop_s=None, packets=0, decoded=0, damaged=None)
         with reader.lock:
+            rtsp = reader.rtsp
             return dict(decoder="pyav", client=reader.client, mode=reader.mode, gop_s=reader.gop_s,
-                        packets=reader.packets, decoded=reader.decoded)
+                        packets=reader.packets, decoded=reader.decoded,
+                        damaged=None if rtsp is None else rtsp.damaged)
 
 
 class _PyAvReader(_Reader):
@@ -89,6 +92,7 @@ class _PyAvReader(_Reader):
         self.packets = 0
         self.decoded = 0
         self.client: str | None = None  # "builtin" or "ffmpeg": which RTSP client the current session uses
+        self.rtsp: RtspClient | None = None  # the built-in client of the current session
 
     def stall_after_s(self) -> float:
         return self.src.read_timeout_s
@@ -120,7 +124,7 @@ class _PyAvReader(_Reader):
             else:
                 log.info("camera %s: opened %s (built-in RTSP client, PyAV decoding)", src.camera_id, shown)
                 with self.lock:
-                    self.client = "builtin"
+                    self.client, self.rtsp = "builtin", client
                 container = _BuiltinContainer(client)
                 try:
                     return self.pump(container, gen, url)
@@ -141,7 +145,7 @@ class _PyAvReader(_Reader):
                 return self.open_failed(say, f"cannot open {shown}: no video stream")
             log.info("camera %s: opened %s (PyAV)", src.camera_id, shown)
             with self.lock:
-                self.client = "ffmpeg"
+                self.client, self.rtsp = "ffmpeg", None
             return self.pump(container, gen, url)
         finally:
             try:

@@ -124,6 +124,7 @@ class RtspClient:
         self.parameter_sets = b""
         self.pace_s = 0.0
         self._last_recv = 0.0
+        self.damaged = 0  # access units lost to RTP sequence gaps (a server that dropped packets)
 
     # ------------------------------------------------------------------------------------------ handshake
     def open(self) -> None:
@@ -366,6 +367,7 @@ class RtspClient:
             if b0 & 0x20:  # padding
                 end -= buf[end - 1]
             if t != ts and size:  # a new timestamp without a marker: the camera did not mark the last unit
+                self.damaged += damaged
                 yield self._unit(parts, size, key, damaged, ts, base, wraps, collect)
                 parts, size, key, damaged = [], 0, False, False
                 collect = want_all()
@@ -409,6 +411,7 @@ class RtspClient:
                 else:
                     damaged = True  # STAP-B, MTAP, FU-B: not in modes 0/1
             if marker and size:
+                self.damaged += damaged
                 yield self._unit(parts, size, key, damaged, ts, base, wraps, collect)
                 parts, size, key, damaged = [], 0, False, False
                 collect = want_all()

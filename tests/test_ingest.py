@@ -99,7 +99,7 @@ def test_pyav_keyframes_only_when_the_gop_is_shorter_than_the_scan(
     assert abs(ts[-1] - time.time()) < 30  # capture time, epoch
     assert all(f.image.shape == (180, 320, 3) and f.image.dtype == np.uint8 for _, f in run.frames)
     assert [f.seq for _, f in run.frames[:5]] == list(range(5))
-    assert ingest["client"] == client
+    assert ingest["client"] == client and ingest["damaged"] == (0 if client == "builtin" else None)
     assert ingest["mode"] == "keyframes" and ingest["gop_s"] == pytest.approx(0.5, abs=0.03), ingest
     # one picture decoded per scan: not every frame, nor every keyframe (two per scan here)
     assert ingest["packets"] >= 60 and ingest["decoded"] <= ingest["packets"] / 20 + 2, ingest
