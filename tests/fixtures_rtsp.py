@@ -40,16 +40,19 @@ def rtsp_unavailable() -> str | None:
 
 
 def make_clip(path: str | Path, seconds: float, fps: int = 10, size: tuple[int, int] = (320, 180),
-              gop: int = 10) -> Path:
-    """Encode a small H.264 MP4: a moving test pattern with temporal noise (so frames differ, like a real
-    camera). A short GOP (keyframe every `gop` frames) keeps the wait for the first frame short."""
+              gop: int = 10, codec: str = "h264") -> Path:
+    """Encode a small H.264 (or, codec="h265", HEVC) MP4: a moving test pattern with temporal noise (so frames
+    differ, like a real camera). A short GOP (keyframe every `gop` frames) keeps the wait for the first frame
+    short."""
     path = Path(path)
     w, h = size
     cmd = [
         "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
         "-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate={fps}:duration={seconds}",
         "-vf", "noise=alls=10:allf=t",
-        "-c:v", "libx264", "-preset", "veryfast", "-crf", "30",
+        *(["-c:v", "libx264", "-preset", "veryfast", "-crf", "30"] if codec == "h264" else
+          ["-c:v", "libx265", "-preset", "veryfast", "-crf", "30", "-tag:v", "hvc1",
+           "-x265-params", f"log-level=error:keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0"]),
         "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0", "-bf", "0",
         "-pix_fmt", "yuv420p", "-an", str(path),
     ]

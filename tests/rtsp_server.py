@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""A real RTSP server for tests: gst-rtsp-server looping H.264 MP4 clips, one mount per clip, no re-encoding.
+"""A real RTSP server for tests: gst-rtsp-server looping H.264 (or H.265) MP4 clips, one mount per clip, no re-encoding.
 
 Run with Debian's /usr/bin/python3 (the only interpreter that imports `gi`):
 
@@ -35,8 +35,20 @@ gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstApp, GstRtsp, GstRtspServer  # noqa: E402
 
-_LAUNCH = ("( appsrc name=src is-live=true format=time ! h264parse "
-           "! rtph264pay config-interval=1 name=pay0 pt=96 )")
+# {codec}: h264 or h265, whichever the clip holds
+_LAUNCH = ("( appsrc name=src is-live=true format=time ! {codec}parse "
+           "! rtp{codec}pay config-interval=1 name=pay0 pt=96 )")
+
+
+def codec_of(path: str) -> str:
+    """h264 or h265: the video codec of an MP4 (what its first track's demuxed caps say)."""
+    pipe = Gst.parse_launch(f'filesrc location="{path}" ! qtdemux ! fakesink name=sink')
+    pipe.set_state(Gst.State.PAUSED)
+    pipe.get_state(5 * Gst.SECOND)
+    pad = pipe.get_by_name("sink").get_static_pad("sink")
+    caps = pad.get_current_caps()
+    pipe.set_state(Gst.State.NULL)
+    return "h265" if caps is not None and caps.to_string().startswith("video/x-h265") else "h264"
 
 
 @dataclass(frozen=True)
@@ -49,11 +61,11 @@ class Unit:
     key: bool
 
 
-def demux(path: str) -> tuple[list[Unit], Gst.Caps, int]:
-    """Read every access unit of an MP4's H.264 track into memory (test clips are small)."""
+def demux(path: str, codec: str = "h264") -> tuple[list[Unit], Gst.Caps, int]:
+    """Read every access unit of an MP4's H.264/H.265 track into memory (test clips are small)."""
     pipe = Gst.parse_launch(
-        f'filesrc location="{path}" ! qtdemux ! h264parse config-interval=-1 ! '
-        "video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false"
+        f'filesrc location="{path}" ! qtdemux ! {codec}parse config-interval=-1 ! '
+        f"video/x-{codec},stream-format=byte-stream,alignment=au ! appsink name=sink sync=false"
     )
     sink = pipe.get_by_name("sink")
     bus = pipe.get_bus()
@@ -91,7 +103,8 @@ class Feeder:
 
     def __init__(self, mount: str, path: str, freeze_after: float | None, stop: threading.Event) -> None:
         self.mount = mount
-        self.units, self.caps, self.duration = demux(path)
+        self.codec = codec_of(path)
+        self.units, self.caps, self.duration = demux(path, self.codec)
         self.freeze_after = freeze_after
         self.stop = stop
         self.lock = threading.Lock()
@@ -187,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--clip expects MOUNT=PATH, got {spec!r}")
         feeder = Feeder("/" + name.strip("/"), path, args.freeze_after, stop)
         factory = GstRtspServer.RTSPMediaFactory()
-        factory.set_launch(_LAUNCH)
+        factory.set_launch(_LAUNCH.format(codec=feeder.codec))
         factory.set_shared(True)
         if role:
             factory.add_role_from_structure(Gst.Structure.from_string(
