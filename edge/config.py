@@ -235,8 +235,9 @@ class Camera(_Base):
         "decodes every frame; auto = pyav where it is installed. Files (replay) are always read with OpenCV")
     rtsp_client: Literal["auto", "builtin", "ffmpeg"] = Field(
         "auto", description="who receives a PyAV camera's RTSP stream: builtin = the project's own client (RTSP over "
-        "TCP, H.264, Basic/Digest auth; about half FFmpeg's receive CPU), ffmpeg = FFmpeg's RTSP demuxer (any codec, "
-        "rtsps). auto = builtin, falling back to ffmpeg for a camera it cannot read (H.265, rtsps, a redirect...)")
+        "TCP, H.264/H.265, Basic/Digest auth; about a third of FFmpeg's receive CPU), ffmpeg = FFmpeg's RTSP demuxer "
+        "(any codec, rtsps). auto = builtin, falling back to ffmpeg for a camera it cannot read (another codec, rtsps, "
+        "a redirect...)")
 
 
 class Broker(_Base):

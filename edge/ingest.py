@@ -16,9 +16,9 @@ re-checked at every keyframe (the GOP and the scan interval may change) and chan
 the decoder can start afresh. Everything else is `RtspSource`'s: RTSP over TCP with bounded waits, stall and
 reconnect with backoff and jitter, capture-time stamps, URLs expanded at each open and only ever shown masked.
 
-Who receives: for H.264 over rtsp:// the built-in client (edge/rtsp.py), which costs about a third of FFmpeg's
-RTSP demuxer per camera and hands over only the access units that will be decoded; for anything it cannot read
-(H.265, rtsps, ...) FFmpeg's, through `av.open`. Both feed the same `pump`.
+Who receives: for H.264/H.265 over rtsp:// the built-in client (edge/rtsp.py), which costs about a third of
+FFmpeg's RTSP demuxer per camera and hands over only the access units that will be decoded; for anything it
+cannot read (another codec, rtsps, ...) FFmpeg's, through `av.open`. Both feed the same `pump`.
 """
 from __future__ import annotations
 
@@ -301,7 +301,7 @@ class _BuiltinContainer:
 
     def __init__(self, client: RtspClient) -> None:
         self.client = client
-        cc = av.CodecContext.create("h264", "r")
+        cc = av.CodecContext.create(client.codec, "r")
         if client.parameter_sets:
             cc.extradata = client.parameter_sets
         self.streams = SimpleNamespace(video=[SimpleNamespace(

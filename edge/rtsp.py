@@ -1,4 +1,4 @@
-"""A small RTSP client for H.264 cameras over TCP: handshake, keep-alive and RTP depacketising in Python, the
+"""A small RTSP client for H.264 and H.265 cameras over TCP: handshake, keep-alive and RTP depacketising in Python, the
 decoding left to FFmpeg (PyAV). It exists for one reason: the cost of receiving.
 
 FFmpeg's RTSP demuxer reads each interleaved RTP packet of a TCP session with three socket reads (the `$`,
@@ -9,10 +9,11 @@ walks the RTP headers of frames no scan wants, and copies out only the access un
 ~7 ms per 2 s at a 0.2 s pace, ~13 ms unpaced (measured here on the bench clip; `bench/cameras.py` gives
 the whole runtime's figure).
 
-Scope, deliberately narrow: RTSP/1.0 with RTP/AVP/TCP interleaved, H.264 in packetization modes 0 and 1
-(single NAL units, STAP-A, FU-A; RFC 6184), Basic and Digest (MD5) authentication, GET_PARAMETER/OPTIONS
-keep-alives at half the session timeout. Anything else (H.265, rtsps, interleaved modes, a camera that refuses
-TCP, a redirect) raises `RtspUnsupported`, and the caller reads that camera with FFmpeg's client instead.
+Scope, deliberately narrow: RTSP/1.0 with RTP/AVP/TCP interleaved; H.264 in packetization modes 0 and 1
+(single NAL units, STAP-A, FU-A; RFC 6184) and H.265 without decoding order numbers (single NAL units, AP, FU;
+RFC 7798), the two codecs city cameras send; Basic and Digest (MD5) authentication; GET_PARAMETER/OPTIONS
+keep-alives at half the session timeout. Anything else (another codec, rtsps, interleaved modes, a camera that
+refuses TCP, a redirect) raises `RtspUnsupported`, and the caller reads that camera with FFmpeg's client.
 
 Credentials come from the URL and go only into the Authorization header: no message here contains the URL.
 """
@@ -36,7 +37,8 @@ _BUF = 1 << 18           # receive buffer (256 KiB: 0.2 s of an 8 Mbit/s camera)
 _MAX_FRAME = 4 + 65535   # the largest interleaved frame
 _MAX_HEADER = 16384      # an RTSP message header longer than this is not RTSP: the stream lost sync
 _USER_AGENT = "cityops-edge"
-_IDR, _SEI, _SPS, _PPS, _STAP_A, _FU_A = 5, 6, 7, 8, 24, 28
+_IDR, _SEI, _SPS, _PPS, _STAP_A, _FU_A = 5, 6, 7, 8, 24, 28   # H.264 NAL unit types (RFC 6184)
+_H265_AP, _H265_FU = 48, 49   # H.265 aggregation / fragmentation units (RFC 7798); IRAP = 16..21, VPS/SPS/PPS = 32..34
 
 
 class RtspError(Exception):
@@ -53,11 +55,11 @@ class RtspUnsupported(RtspError):
 
 @dataclass(slots=True)
 class AccessUnit:
-    """One picture's worth of H.264 as Annex-B bytes; `data` is None for a unit that was not asked for (a
+    """One picture's worth of H.264/H.265 as Annex-B bytes; `data` is None for a unit that was not asked for (a
     non-key frame while only keyframes are wanted) or arrived damaged (`damaged`: an RTP sequence gap)."""
 
     pts: int            # RTP timestamp, 90 kHz, unwrapped and counted from the session's first packet
-    key: bool           # contains an IDR slice
+    key: bool           # contains an IDR slice (H.265: an IRAP picture: IDR, CRA, BLA)
     size: int           # payload bytes received for it
     data: bytes | None
     damaged: bool = False
@@ -79,7 +81,8 @@ class _Reply:
 class _Track:
     control: str
     payload_type: int
-    parameter_sets: bytes    # SPS/PPS from sprop-parameter-sets, Annex-B ("" when the SDP has none)
+    codec: str               # "h264" or "hevc" (FFmpeg's decoder names)
+    parameter_sets: bytes    # VPS/SPS/PPS from the SDP's sprop-*, Annex-B ("" when the SDP has none)
 
 
 def _md5(text: str) -> str:
@@ -122,13 +125,14 @@ class RtspClient:
         self._keepalive_method = "OPTIONS"
         self._channel = 0
         self.parameter_sets = b""
+        self.codec = "h264"
         self.pace_s = 0.0
         self._last_recv = 0.0
         self.damaged = 0  # access units lost to RTP sequence gaps (a server that dropped packets)
 
     # ------------------------------------------------------------------------------------------ handshake
     def open(self) -> None:
-        """Connect and start playing the first H.264 video track; raises RtspError / RtspUnsupported."""
+        """Connect and start playing the first H.264/H.265 video track; raises RtspError / RtspUnsupported."""
         try:
             self._sock = socket.create_connection((self._host, self._port), timeout=self.open_timeout_s)
         except socket.timeout:
@@ -141,8 +145,8 @@ class RtspClient:
         self._keepalive_method = "GET_PARAMETER" if "GET_PARAMETER" in public else "OPTIONS"
         describe = self._request("DESCRIBE", self._url, "Accept: application/sdp\r\n")
         base = describe.header("content-base") or describe.header("content-location") or self._url
-        track = self._h264_track(describe.body.decode("utf-8", "replace"), base)
-        self.parameter_sets = track.parameter_sets
+        track = self._video_track(describe.body.decode("utf-8", "replace"), base)
+        self.parameter_sets, self.codec = track.parameter_sets, track.codec
         self._payload_type = track.payload_type
         setup = self._request("SETUP", track.control, "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n")
         session = setup.header("session")
@@ -161,7 +165,7 @@ class RtspClient:
         self._sock.settimeout(self.read_timeout_s)
         self._last_keepalive = time.monotonic()
 
-    def _h264_track(self, sdp: str, base: str) -> _Track:
+    def _video_track(self, sdp: str, base: str) -> _Track:
         sections = re.split(r"\r?\n(?=m=)", sdp)
         codecs = []
         for section in sections[1:]:
@@ -169,25 +173,29 @@ class RtspClient:
                 continue
             fields = section.split("\n", 1)[0].split()
             pts = {int(p) for p in fields[3:] if p.isdigit()}
-            for pt_s, codec in re.findall(r"a=rtpmap:(\d+)\s+([\w.-]+)/", section):
+            for pt_s, name in re.findall(r"a=rtpmap:(\d+)\s+([\w.-]+)/", section):
                 if int(pt_s) not in pts:
                     continue
-                codecs.append(codec)
-                if codec.upper() != "H264":
+                codecs.append(name)
+                codec = {"H264": "h264", "H265": "hevc"}.get(name.upper())
+                if codec is None:
                     continue
                 fmtp = dict(re.findall(r"([\w-]+)=([^;\s]+)", " ".join(
                     re.findall(rf"a=fmtp:{pt_s}\s+(.*)", section))))
-                if fmtp.get("packetization-mode", "0") not in ("0", "1"):
+                if codec == "h264" and fmtp.get("packetization-mode", "0") not in ("0", "1"):
                     raise RtspUnsupported(f"H.264 packetization-mode {fmtp['packetization-mode']}")
+                if codec == "hevc" and fmtp.get("sprop-max-don-diff", "0") != "0":
+                    raise RtspUnsupported("H.265 with decoding order numbers (sprop-max-don-diff)")
+                keys = ("sprop-parameter-sets",) if codec == "h264" else ("sprop-vps", "sprop-sps", "sprop-pps")
                 sets = b""
-                for b64 in filter(None, fmtp.get("sprop-parameter-sets", "").split(",")):
+                for b64 in filter(None, ",".join(fmtp.get(k, "") for k in keys).split(",")):
                     try:
                         sets += _START + base64.b64decode(b64 + "=" * (-len(b64) % 4))
                     except ValueError:
-                        log.debug("an sprop-parameter-set does not decode; relying on in-band SPS/PPS")
+                        log.debug("a parameter set in the SDP does not decode; relying on in-band ones")
                 control = (re.findall(r"a=control:\s*(\S+)", section) or ["*"])[0]
-                return _Track(self._resolve(base, control), int(pt_s), sets)
-        raise RtspUnsupported(f"no H.264 video track (video codecs offered: {', '.join(codecs) or 'none'})")
+                return _Track(self._resolve(base, control), int(pt_s), codec, sets)
+        raise RtspUnsupported(f"no H.264 or H.265 video track (video codecs offered: {', '.join(codecs) or 'none'})")
 
     def _resolve(self, base: str, control: str) -> str:
         if control == "*":
@@ -334,6 +342,7 @@ class RtspClient:
     def _units(self, want_all: Callable[[], bool]) -> Iterator[AccessUnit]:
         buf = self._buf
         channel, payload_type = self._channel, self._payload_type
+        hevc = self.codec == "hevc"
         parts: list[bytes] = []
         size, key, damaged, ts = 0, False, False, -1
         collect = want_all()
@@ -380,7 +389,36 @@ class RtspClient:
             if expect >= 0 and seq != expect:
                 damaged = True
             expect = (seq + 1) & 0xFFFF
-            if q < end:
+            if q < end and hevc:
+                size += end - q
+                kind = (buf[q] >> 1) & 0x3F
+                if kind == _H265_FU:
+                    fu = buf[q + 2]
+                    kind = fu & 0x3F
+                    irap = 16 <= kind <= 21
+                    key = key or irap
+                    if collect or irap:
+                        if fu & 0x80:
+                            parts.append(_START + bytes(((buf[q] & 0x81) | (kind << 1), buf[q + 1])))
+                        parts.append(buf[q + 3:end])
+                elif kind == _H265_AP:
+                    r = q + 2
+                    while r + 3 < end:
+                        n = (buf[r] << 8) | buf[r + 1]
+                        kind = (buf[r + 2] >> 1) & 0x3F
+                        key = key or 16 <= kind <= 21
+                        if collect or 16 <= kind <= 21 or 32 <= kind <= 34:
+                            parts.append(_START)
+                            parts.append(buf[r + 2:r + 2 + n])
+                        r += 2 + n
+                elif kind < 48:
+                    key = key or 16 <= kind <= 21
+                    if collect or 16 <= kind <= 21 or 32 <= kind <= 34:
+                        parts.append(_START)
+                        parts.append(buf[q:end])
+                else:
+                    damaged = True  # PACI or a reserved type
+            elif q < end:
                 size += end - q
                 nal = buf[q]
                 kind = nal & 0x1F

@@ -1,4 +1,4 @@
-"""The built-in RTSP client (edge/rtsp.py): RTP depacketising and the protocol corners against a scripted peer on
+"""The built-in RTSP client (edge/rtsp.py): H.264 and H.265 RTP depacketising and the protocol corners against a scripted peer on
 a real socket (unit tests), Digest authentication and the fallback to FFmpeg's client against the real
 gst-rtsp-server."""
 from __future__ import annotations
@@ -30,7 +30,26 @@ H264_SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=cam\r\nt=0 0\r\n"
             "m=audio 0 RTP/AVP 0\r\na=control:stream=1\r\n"
             "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
             "a=fmtp:96 packetization-mode=1;sprop-parameter-sets=Z0IAHqs=,aM48gA==\r\na=control:stream=0\r\n")
-H265_SDP = H264_SDP.replace("H264", "H265").replace("packetization-mode=1;", "")
+H265_SDP = (H264_SDP.replace("H264", "H265")
+            .replace("packetization-mode=1;sprop-parameter-sets=Z0IAHqs=,aM48gA==", "sprop-vps=QAEM;sprop-sps=QgEB;sprop-pps=RAHA"))
+MPEG4_SDP = H264_SDP.replace("H264", "MP4V-ES").replace("packetization-mode=1;", "")
+
+# H.265 NAL units (2-byte headers: type << 1, then layer/temporal id 1)
+VPS, SPS5, PPS5 = bytes([0x40, 0x01, 0x0C]), bytes([0x42, 0x01, 0x01]), bytes([0x44, 0x01, 0xC0])
+IDR5 = bytes([19 << 1, 0x01]) + bytes(range(2, 202))   # IDR_W_RADL
+TRAIL = bytes([1 << 1, 0x01]) + b"\x77" * 40            # TRAIL_R
+
+
+def fu_h265(nal: bytes, size: int) -> list[bytes]:
+    kind, body = (nal[0] >> 1) & 0x3F, nal[2:]
+    chunks = [body[i:i + size] for i in range(0, len(body), size)]
+    return [bytes([(nal[0] & 0x81) | (49 << 1), nal[1],
+                   kind | (0x80 if i == 0 else 0) | (0x40 if i == len(chunks) - 1 else 0)]) + c
+            for i, c in enumerate(chunks)]
+
+
+def ap_h265(*nals: bytes) -> bytes:
+    return bytes([48 << 1, 0x01]) + b"".join(struct.pack("!H", len(n)) + n for n in nals)
 
 
 def rtp(seq: int, ts: int, payload: bytes, marker: bool = False, pt: int = 96, pad: int = 0, csrc: int = 0,
@@ -195,6 +214,27 @@ def test_rtcp_keepalive_replies_padding_csrc_extension_and_missing_markers() -> 
     assert [(u.key, u.data) for u in got] == [(True, KEY_AU), (False, SC + P1), (False, SC + P2)]
 
 
+def test_h265_access_units_are_reassembled_from_ap_fu_and_single_nal_packets() -> None:
+    frags = fu_h265(IDR5, 64)
+    stream = ([rtp(1, 0, ap_h265(VPS, SPS5, PPS5))] +
+              [rtp(2 + i, 0, f, marker=i == len(frags) - 1) for i, f in enumerate(frags)] +
+              [rtp(2 + len(frags), 3600, TRAIL, marker=True)])
+    cam = ScriptedCamera(sdp=H265_SDP, stream=stream)
+    got = units(cam, 2, want_all=False)
+    key_au = SC + VPS + SC + SPS5 + SC + PPS5 + SC + IDR5
+    assert [(u.key, u.data) for u in got] == [(True, key_au), (False, None)]
+    cam = ScriptedCamera(sdp=H265_SDP, stream=stream)
+    client = RtspClient(cam.url(), 2.0, 2.0)
+    client.open()
+    try:
+        assert client.codec == "hevc" and client.parameter_sets == SC + VPS + SC + SPS5 + SC + PPS5  # from the SDP
+        it = client.access_units(lambda: True)
+        assert [next(it).data, next(it).data] == [key_au, SC + TRAIL]
+    finally:
+        client.close()
+        cam.close()
+
+
 def test_rtp_timestamps_keep_rising_across_the_32_bit_wrap() -> None:
     start = 2**32 - 3600
     stream = [rtp(i, start + i * 3600, P1, marker=True) for i in range(4)]
@@ -215,7 +255,7 @@ def test_keepalives_go_out_at_half_the_session_timeout_while_streaming() -> None
 
 
 @pytest.mark.parametrize(("script", "match"), [
-    (dict(sdp=H265_SDP), "no H.264 video track.*H265"),
+    (dict(sdp=MPEG4_SDP), "no H.264 or H.265 video track.*MP4V-ES"),
     (dict(setup_status="461 Unsupported Transport"), "refused RTP over TCP"),
     (dict(sdp=H264_SDP.replace("packetization-mode=1", "packetization-mode=2")), "packetization-mode 2"),
 ])
@@ -285,7 +325,7 @@ def test_auto_falls_back_to_ffmpeg_for_a_camera_the_builtin_client_cannot_read(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="edge.ingest")
     for mode in ("auto", "builtin"):
-        cam = ScriptedCamera(sdp=H265_SDP)
+        cam = ScriptedCamera(sdp=MPEG4_SDP)
         run = Run(lambda cb: PyAvSource("cam1", cam.url(), 2.0, open_timeout_s=1.0, on_status=cb, rtsp_client=mode))
         try:
             run.wait("the open to fail", lambda: (run.source.status()["error"] or "") != "", 10)
@@ -294,9 +334,26 @@ def test_auto_falls_back_to_ffmpeg_for_a_camera_the_builtin_client_cannot_read(
             run.close()
             cam.close()
         if mode == "auto":
-            assert "no H.264 video track" in (run.source.builtin_refused or "")
+            assert "no H.264 or H.265 video track" in (run.source.builtin_refused or "")
             assert "reading it with FFmpeg's RTSP client from now on" in caplog.text
             assert "built-in" not in status["error"]  # what failed after is FFmpeg's open of the scripted peer
         else:
             assert run.source.builtin_refused is None
-            assert "with the built-in RTSP client: no H.264 video track" in status["error"]
+            assert "with the built-in RTSP client: no H.264 or H.265 video track" in status["error"]
+
+
+@pytest.mark.slow
+def test_an_h265_camera_is_read_by_the_builtin_client_keyframes_only(tmp_path: Path, clip: Path) -> None:
+    hevc = make_clip(tmp_path / "hevc.mp4", seconds=4, fps=10, gop=10, codec="h265")
+    with RtspServer({"cam1": hevc}) as srv:
+        run = Run(lambda cb: PyAvSource("cam1", srv.url("cam1"), 1.0, on_status=cb))
+        try:
+            run.wait("4 scans", lambda: len(run.frames) >= 4, 25)
+            ingest = run.source.ingest()
+        finally:
+            run.close()
+    assert ingest["client"] == "builtin" and ingest["mode"] == "keyframes", ingest
+    assert ingest["gop_s"] == pytest.approx(1.0, abs=0.05) and ingest["damaged"] == 0, ingest
+    assert ingest["decoded"] <= len(run.frames) + 2, ingest  # keyframes only, one per scan
+    image = run.frames[-1][1].image
+    assert image.shape == (180, 320, 3) and image.std() > 10  # a real picture, not a grey failed decode
