@@ -128,6 +128,7 @@ class RtspClient:
         self.codec = "h264"
         self.pace_s = 0.0
         self._last_recv = 0.0
+        self._drained = True
         self.damaged = 0  # access units lost to RTP sequence gaps (a server that dropped packets)
 
     # ------------------------------------------------------------------------------------------ handshake
@@ -317,15 +318,19 @@ class RtspClient:
                 self._pos, self._have = 0, left
             if self._have - self._pos + (len(buf) - self._have) < n:
                 raise RtspError("an RTSP message larger than the receive buffer")
-            if self.pace_s:  # let a few frames gather: one wake-up and one recv for them all
+            if self.pace_s and self._drained:  # let a few frames gather: one wake-up and one recv for them all
                 wait = self._last_recv + self.pace_s - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
                 self._last_recv = time.monotonic()
+            room = len(buf) - self._have
             got = self._sock.recv_into(memoryview(buf)[self._have:])
             if not got:
                 raise RtspError("the camera closed the connection")
             self._have += got
+            # a recv that filled the buffer left data in the socket: read on without pausing, or a camera above
+            # buffer / pace (~10 Mbit/s) would fall behind and its server start dropping packets
+            self._drained = got < room
 
     # -------------------------------------------------------------------------------------------- media
     def access_units(self, want_all: Callable[[], bool]) -> Iterator[AccessUnit]:

@@ -254,6 +254,25 @@ def test_keepalives_go_out_at_half_the_session_timeout_while_streaming() -> None
                for _, method, uri in cam.requests)  # the video track's control, resolved against Content-Base
 
 
+def test_pacing_never_throttles_a_camera_faster_than_buffer_per_pace() -> None:
+    """Reading every 0.2 s into a 256 KiB buffer would cap a paced client at ~10 Mbit/s: a 4K camera sends more.
+    A recv that fills the buffer is followed by another without a pause."""
+    big = bytes([0x41]) + b"\x55" * 60000
+    frames = [rtp(i, i * 3600, big, marker=True) for i in range(100)]  # 6 MB: 2 s of a 24 Mbit/s camera
+    cam = ScriptedCamera(stream=frames)
+    client = RtspClient(cam.url(), 2.0, 2.0)
+    client.open()
+    client.pace_s = 0.2
+    t0 = time.monotonic()
+    try:
+        n = sum(1 for _, unit in zip(range(100), client.access_units(lambda: False)) if unit.size)
+    finally:
+        client.close()
+        cam.close()
+    assert n == 100
+    assert time.monotonic() - t0 < 2.0  # paced on every recv it would take 6 MB / 256 KiB * 0.2 s = 4.6 s
+
+
 @pytest.mark.parametrize(("script", "match"), [
     (dict(sdp=MPEG4_SDP), "no H.264 or H.265 video track.*MP4V-ES"),
     (dict(setup_status="461 Unsupported Transport"), "refused RTP over TCP"),
