@@ -135,6 +135,12 @@ class RtspClient:
     def open(self) -> None:
         """Connect and start playing the first H.264/H.265 video track; raises RtspError / RtspUnsupported."""
         try:
+            self._open()
+        except (ValueError, IndexError, UnicodeError) as e:  # a reply that is not what RTSP says it must be
+            raise RtspError(f"a malformed reply from the camera ({type(e).__name__})") from None
+
+    def _open(self) -> None:
+        try:
             self._sock = socket.create_connection((self._host, self._port), timeout=self.open_timeout_s)
         except socket.timeout:
             raise RtspTimeout(f"no connection within {self.open_timeout_s:g} s") from None
@@ -343,6 +349,8 @@ class RtspClient:
             raise RtspTimeout(f"no data within the read timeout ({self.read_timeout_s:g} s)") from None
         except OSError as e:
             raise RtspError(f"the connection broke: {e.strerror or e}") from None
+        except (ValueError, IndexError) as e:  # garbage where RTP or RTSP should be: reconnect, don't crash
+            raise RtspError(f"malformed data from the camera ({type(e).__name__})") from None
 
     def _units(self, want_all: Callable[[], bool]) -> Iterator[AccessUnit]:
         buf = self._buf

@@ -304,6 +304,17 @@ def test_a_missing_stream_and_a_silent_camera_are_errors_without_the_url() -> No
         silent.close()
 
 
+def test_garbage_from_the_camera_is_an_error_not_a_crash() -> None:
+    cam = ScriptedCamera(describe_status="200 OK\r\nContent-Length: lots")  # a header that is not a number
+    with pytest.raises(RtspError, match="malformed reply"):
+        RtspClient(cam.url(), 2.0, 2.0).open()
+    cam.close()
+    g1, _ = gop(0, 0)
+    garbage = b"XX" + b"\x00" * 20000  # neither '$' nor an RTSP message: no header end within 16 KiB
+    with pytest.raises(RtspError, match="neither RTSP nor interleaved RTP"):
+        units(ScriptedCamera(stream=g1 + [garbage]), 10)
+
+
 def test_a_camera_that_stops_sending_is_a_timeout() -> None:
     g1, _ = gop(0, 0)
     with pytest.raises(RtspTimeout, match="no data within the read timeout"):
