@@ -1,5 +1,5 @@
-"""A small RTSP client for H.264 and H.265 cameras over TCP: handshake, keep-alive and RTP depacketising in Python, the
-decoding left to FFmpeg (PyAV). It exists for one reason: the cost of receiving.
+"""A small RTSP client for H.264 and H.265 cameras over TCP: handshake, keep-alive and RTP depacketising in
+Python, the decoding left to FFmpeg (PyAV). It exists for one reason: the cost of receiving.
 
 FFmpeg's RTSP demuxer reads each interleaved RTP packet of a TCP session with three socket reads (the `$`,
 the rest of the 4-byte header, the payload), each behind its own poll(), and PyAV's read-timeout callback takes
@@ -37,8 +37,10 @@ _BUF = 1 << 18           # receive buffer (256 KiB: 0.2 s of an 8 Mbit/s camera)
 _MAX_FRAME = 4 + 65535   # the largest interleaved frame
 _MAX_HEADER = 16384      # an RTSP message header longer than this is not RTSP: the stream lost sync
 _USER_AGENT = "cityops-edge"
-_IDR, _SEI, _SPS, _PPS, _STAP_A, _FU_A = 5, 6, 7, 8, 24, 28   # H.264 NAL unit types (RFC 6184)
-_H265_AP, _H265_FU = 48, 49   # H.265 aggregation / fragmentation units (RFC 7798); IRAP = 16..21, VPS/SPS/PPS = 32..34
+_IDR, _SPS, _PPS, _STAP_A, _FU_A = 5, 7, 8, 24, 28   # H.264 NAL unit types (RFC 6184)
+_H265_AP, _H265_FU = 48, 49        # H.265 aggregation / fragmentation units (RFC 7798)
+_H265_IRAP = range(16, 22)         # BLA, IDR, CRA: the pictures a decoder can start from (keyframes)
+_H265_PARAMS = range(32, 35)       # VPS, SPS, PPS
 
 
 class RtspError(Exception):
@@ -389,7 +391,6 @@ class RtspClient:
             if b0 & 0x20:  # padding
                 end -= buf[end - 1]
             if t != ts and size:  # a new timestamp without a marker: the camera did not mark the last unit
-                self.damaged += damaged
                 yield self._unit(parts, size, key, damaged, ts, base, wraps, collect)
                 parts, size, key, damaged = [], 0, False, False
                 collect = want_all()
@@ -408,7 +409,7 @@ class RtspClient:
                 if kind == _H265_FU:
                     fu = buf[q + 2]
                     kind = fu & 0x3F
-                    irap = 16 <= kind <= 21
+                    irap = kind in _H265_IRAP
                     key = key or irap
                     if collect or irap:
                         if fu & 0x80:
@@ -419,14 +420,14 @@ class RtspClient:
                     while r + 3 < end:
                         n = (buf[r] << 8) | buf[r + 1]
                         kind = (buf[r + 2] >> 1) & 0x3F
-                        key = key or 16 <= kind <= 21
-                        if collect or 16 <= kind <= 21 or 32 <= kind <= 34:
+                        key = key or kind in _H265_IRAP
+                        if collect or kind in _H265_IRAP or kind in _H265_PARAMS:
                             parts.append(_START)
                             parts.append(buf[r + 2:r + 2 + n])
                         r += 2 + n
                 elif kind < 48:
-                    key = key or 16 <= kind <= 21
-                    if collect or 16 <= kind <= 21 or 32 <= kind <= 34:
+                    key = key or kind in _H265_IRAP
+                    if collect or kind in _H265_IRAP or kind in _H265_PARAMS:
                         parts.append(_START)
                         parts.append(buf[q:end])
                 else:
@@ -462,7 +463,6 @@ class RtspClient:
                 else:
                     damaged = True  # STAP-B, MTAP, FU-B: not in modes 0/1
             if marker and size:
-                self.damaged += damaged
                 yield self._unit(parts, size, key, damaged, ts, base, wraps, collect)
                 parts, size, key, damaged = [], 0, False, False
                 collect = want_all()
@@ -470,11 +470,11 @@ class RtspClient:
                     self._last_keepalive = time.monotonic()
                     self._send(self._keepalive_method, self._url)
 
-    @staticmethod
-    def _unit(parts: list[bytes], size: int, key: bool, damaged: bool, ts: int, base: int, wraps: int,
+    def _unit(self, parts: list[bytes], size: int, key: bool, damaged: bool, ts: int, base: int, wraps: int,
               collect: bool) -> AccessUnit:
         pts = ts + (wraps << 32) - base
         if damaged:  # a lost packet: decoding it would smear the picture; the next keyframe repairs the stream
+            self.damaged += 1
             return AccessUnit(pts, False, size, None, damaged=True)
         data = b"".join(parts) if parts and (key or collect) else None
         return AccessUnit(pts, key, size, data)
