@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import cv2
+
 from .batcher import SharedDetector
 from .commands import CommandDispatcher
 from .config import DEFAULT_PROFILE, Camera, ConfigError, Rules, Site, load_rules, load_site, mask_url, rules_path
@@ -127,6 +129,13 @@ def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
         return ctypes.CDLL("libc.so.6").mallopt(-8, n) == 1  # M_ARENA_MAX
     except (OSError, AttributeError):
         return False
+
+
+def single_threaded_opencv() -> None:
+    """One thread per OpenCV call on a live box. Its cameras already run in parallel; splitting a 1080p resize or
+    colour conversion over the cores as well only adds wake-ups: measured, converting and letterboxing one frame
+    costs 2.7 ms of CPU with OpenCV's default pool (2 threads here) and 2.1 ms with one (bench/README.md)."""
+    cv2.setNumThreads(1)
 
 
 def load_everything(site_path: Path, model: Path | None = None, rules_override: Path | None = None,
@@ -277,14 +286,17 @@ class EdgeApp:
         rs = self.L.rulesets.get(frame.camera_id)
         if rs is None:  # the camera left the site file while this frame was on its way
             return []
-        h, w = frame.image.shape[:2]
-        dets = self.detector.detect_tiled(frame.image, rs.tiles_px(w, h), conf=rs.min_threshold)
+        w, h = frame.size
+        tiles = rs.tiles_px(w, h)
+        # tiles are cut from the BGR picture (kept on the frame for evidence); without them the detector shrinks
+        # the camera's planes before converting colour
+        dets = self.detector.detect_tiled(frame.image if tiles else frame.pixels, tiles, conf=rs.min_threshold)
         with self._state_lock:
             kept, zone_idx, strong = rs.apply_with_weak(dets, w, h)
             zones = [rs.zone_name(int(z)) for z in zone_idx]
             ground = self.L.locator.ground(frame.camera_id, kept, w, h)
             self.L.locator.record_covers(kept[strong], ground.subset(strong), frame.ts)
-            events = self.book.update(frame.camera_id, frame.ts, kept, zones, frame.image, ground, strong=strong)
+            events = self.book.update(frame.camera_id, frame.ts, kept, zones, frame, ground, strong=strong)
             if self.commands.wants_frame(frame.camera_id):
                 self.commands.on_frame(frame.camera_id, frame.ts, frame.image)
         with self._lock:
@@ -319,7 +331,7 @@ class EdgeApp:
                 if self.ts_offset and isinstance(src, FileSource):  # a clip as a live camera: real dates
                     frame = replace(frame, ts=frame.ts + self.ts_offset)
                 self.process(frame)
-                frame = None  # type: ignore[assignment]  # not kept until the next scan (6 MB a 1080p frame)
+                frame = None  # type: ignore[assignment]  # not kept until the next scan (1080p: 3 MB, 9 as BGR)
         except SourceError as e:
             log.error("%s", e)
             with self._lock:
@@ -631,6 +643,7 @@ class EdgeApp:
 
         site = self.L.site
         limit_malloc_arenas()  # before the camera threads allocate
+        single_threaded_opencv()
         outbox = Outbox(self.db_path, OutboxLimits(**site.outbox.model_dump()))
         self.publisher = Publisher(site.broker, site.edge_id, outbox, utc_offset=site.utc_offset,
                                    on_command=self.submit_command)

@@ -23,6 +23,7 @@ import numpy as np
 
 from .detections import Detections
 from .detector import Detector, tile_crops
+from .types import Pixels
 
 log = logging.getLogger(__name__)
 _POLL_S = 0.2
@@ -69,7 +70,7 @@ class SharedDetector:
             self._thread.join(timeout)
         self._fail_waiting(DetectorClosed("the detector stopped"))
 
-    def detect_tiled(self, image: np.ndarray, tiles: Sequence[tuple[int, int, int, int]],
+    def detect_tiled(self, image: Pixels, tiles: Sequence[tuple[int, int, int, int]],
                      conf: float | Sequence[float] | np.ndarray | None = None) -> Detections:
         """As `Detector.detect_tiled`: the frame and its tiles, boxes in frame pixels. Blocks this thread until
         its batch has run; pre- and post-processing run here, on the caller's thread."""
@@ -78,7 +79,7 @@ class SharedDetector:
         output = self._infer(batch)
         return det.merge_tiles(det.postprocess(output, params, conf), tiles)
 
-    def detect(self, image: np.ndarray, conf: float | Sequence[float] | np.ndarray | None = None) -> Detections:
+    def detect(self, image: Pixels, conf: float | Sequence[float] | np.ndarray | None = None) -> Detections:
         return self.detect_tiled(image, (), conf)
 
     def stats(self) -> dict[str, Any]:

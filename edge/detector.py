@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from edge.detections import Detections
 from edge.manifest import MANIFEST_SUFFIX, Manifest, ManifestError, load_manifest, manifest_path_for, model_path_of
+from edge.types import Pixels, Yuv420
 
 __all__ = ["Detector", "LetterboxParams", "ModelMismatchError", "letterbox", "nms", "verify_model_matches_manifest"]
 
@@ -52,21 +53,26 @@ class LetterboxParams:
     orig_width: int
 
 
-def letterbox(image: np.ndarray, height: int, width: int, pad_value: int = 114) -> tuple[np.ndarray, LetterboxParams]:
+def letterbox(image: Pixels, height: int, width: int, pad_value: int = 114) -> tuple[np.ndarray, LetterboxParams]:
     """Resize keeping aspect ratio and centre-pad to ``(height, width)``, exactly as ultralytics does.
 
     Args:
-        image: ``(h, w, 3)`` frame (BGR uint8 from OpenCV).
+        image: ``(h, w, 3)`` frame (BGR uint8 from OpenCV), or a camera's I420 planes.
         height, width: model input size.
         pad_value: grey level of the padding.
 
     Returns:
         ``(height, width, 3)`` image and the parameters to undo the mapping.
     """
-    h, w = image.shape[:2]
+    if isinstance(image, Yuv420):
+        h, w = image.height, image.width
+    else:
+        h, w = image.shape[:2]
     gain = min(height / h, width / w)
     new_w, new_h = max(1, int(round(w * gain))), max(1, int(round(h * gain)))
-    if (new_w, new_h) != (w, h):
+    if isinstance(image, Yuv420):  # shrink the planes, then convert the small picture (see Yuv420)
+        image = image.resized_bgr(new_w, new_h) if (new_w, new_h) != (w, h) else image.bgr()
+    elif (new_w, new_h) != (w, h):
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     top = int(round((height - new_h) / 2 - 0.1))
     left = int(round((width - new_w) / 2 - 0.1))
@@ -239,13 +245,13 @@ class Detector:
         """Class names in model id order (from the manifest, verified against the model)."""
         return self.manifest.class_names
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[LetterboxParams]]:
-        """Letterbox BGR frames into one ``(n, 3, H, W)`` float32 batch in the manifest's colour and scale."""
+    def preprocess(self, images: Sequence[Pixels]) -> tuple[np.ndarray, list[LetterboxParams]]:
+        """Letterbox BGR frames (or I420 planes) into one ``(n, 3, H, W)`` float32 batch in the manifest's colour and scale."""
         spec = self.manifest.input
         batch = np.empty((len(images), 3, spec.height, spec.width), dtype=np.float32)
         params: list[LetterboxParams] = []
         for i, image in enumerate(images):
-            image = _as_bgr(image)
+            image = image if isinstance(image, Yuv420) else _as_bgr(image)
             canvas, p = letterbox(image, spec.height, spec.width, spec.pad_value)
             if spec.color == "RGB":
                 canvas = canvas[..., ::-1]
@@ -311,7 +317,7 @@ class Detector:
         )
 
     def detect_batch(
-        self, images: Sequence[np.ndarray], conf: float | Sequence[float] | np.ndarray | None = None
+        self, images: Sequence[Pixels], conf: float | Sequence[float] | np.ndarray | None = None
     ) -> list[Detections]:
         """Detect in several BGR frames: one ``session.run`` if the batch dim is dynamic, else one per frame."""
         if len(images) == 0:
@@ -319,11 +325,11 @@ class Detector:
         batch, params = self.preprocess(images)
         return self.postprocess(self._run(batch), params, conf)
 
-    def detect(self, image: np.ndarray, conf: float | Sequence[float] | np.ndarray | None = None) -> Detections:
-        """Detect in one BGR frame; boxes in that frame's pixels."""
+    def detect(self, image: Pixels, conf: float | Sequence[float] | np.ndarray | None = None) -> Detections:
+        """Detect in one BGR frame (or I420 planes); boxes in that frame's pixels."""
         return self.detect_batch([image], conf)[0]
 
-    def detect_tiled(self, image: np.ndarray, tiles: Sequence[tuple[int, int, int, int]],
+    def detect_tiled(self, image: Pixels, tiles: Sequence[tuple[int, int, int, int]],
                      conf: float | Sequence[float] | np.ndarray | None = None) -> Detections:
         """Detect in the whole frame and in each pixel rectangle `tiles` (x0, y0, x1, y1) as its own crop, so a
         small far thing is seen at up to native resolution; boxes in frame pixels, duplicates removed by NMS."""
@@ -350,8 +356,13 @@ class Detector:
                           self.manifest.max_detections)]
 
 
-def tile_crops(image: np.ndarray, tiles: Sequence[tuple[int, int, int, int]]) -> list[np.ndarray]:
-    """The frame itself, then each tile rectangle (x0, y0, x1, y1) of it as a crop (views, no copies)."""
+def tile_crops(image: Pixels, tiles: Sequence[tuple[int, int, int, int]]) -> list[Pixels]:
+    """The frame itself, then each tile rectangle (x0, y0, x1, y1) of it as a crop (views, no copies). Crops
+    are cut from BGR: I420 planes with tiles are converted here (the caller can pass a BGR it keeps anyway)."""
+    if not tiles:
+        return [image]
+    if isinstance(image, Yuv420):
+        image = image.bgr()
     return [image] + [image[y0:y1, x0:x1] for x0, y0, x1, y1 in tiles]
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from .config import Rules
 from .detections import Detections, box_iou
 from .outbox import enqueue
-from .types import IncidentEvent
+from .types import Frame, IncidentEvent
 
 log = logging.getLogger(__name__)
 _NS = uuid.UUID("6b1f8f1e-6a43-4d4e-9a1e-1c0c1a7e0d11")
@@ -253,15 +253,20 @@ class IncidentBook:
         return self._next_key
 
     # ---------------------------------------------------------------- the vote
-    def update(self, camera_id: str, ts: float, dets: Detections, zones: list[str | None], image: np.ndarray | None = None,
+    def update(self, camera_id: str, ts: float, dets: Detections, zones: list[str | None],
+               image: np.ndarray | Frame | None = None,
                ground: Ground | None = None, strong: np.ndarray | None = None) -> list[IncidentEvent]:
         """One scan of one camera: match sightings to tracks, vote, and return the events it causes (already
         handed to the sink in the same transaction as the state they reflect). `ground` gives each sighting's
         site-local position; without it this camera's sightings match by image box only. `strong` marks the
         sightings at or above their class threshold (default: all); the others only keep an open incident
-        open — they never start a candidate nor match one (hysteresis against a detector near its threshold)."""
+        open — they never start a candidate nor match one (hysteresis against a detector near its threshold).
+        `image` is the BGR picture or the frame itself, whose BGR is made only when a sighting becomes a best view."""
         rules = self.rules[camera_id]
-        h, w = (image.shape[:2] if image is not None else (0, 0))
+        if isinstance(image, Frame):
+            w, h = image.size
+        else:
+            h, w = (image.shape[:2] if image is not None else (0, 0))
         ground = ground if ground is not None else Ground.unknown(len(dets))
         strong = np.ones(len(dets), bool) if strong is None else np.asarray(strong, bool)
         with self._lock:
@@ -368,7 +373,7 @@ class IncidentBook:
                  size[0], size[1], old[0], old[1], n)
 
     def _observe(self, t: Track, camera_id: str, ts: float, dets: Detections, i: int, ground: Ground,
-                 zone: str | None, image: np.ndarray | None, size: tuple[int, int]) -> None:
+                 zone: str | None, image: np.ndarray | Frame | None, size: tuple[int, int]) -> None:
         """Fold one sighting into a track: smoothed box per camera, refined ground position, best view."""
         box, conf = dets.xyxy[i], float(dets.confidence[i])
         prev = t.boxes.get(camera_id)
@@ -386,7 +391,8 @@ class IncidentBook:
             if zone is not None or t.zone is None:
                 t.zone = zone
             if image is not None and self.evidence is not None:
-                t.evidence = self.evidence(image, box, self.class_names[t.class_id], conf)
+                picture = image.image if isinstance(image, Frame) else image
+                t.evidence = self.evidence(picture, box, self.class_names[t.class_id], conf)
                 t.evidence_dirty = True
         t.box = t.boxes[t.camera_id]
 

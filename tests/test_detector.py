@@ -12,12 +12,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
 from edge.detections import Detections
 from edge.detector import Detector, ModelMismatchError, letterbox, nms
 from edge.manifest import ManifestError, file_sha256, load_manifest
+from edge.synth.scene import render, sample_scene
+from edge.types import Frame, Yuv420
 from onnx_models import write_constant_model
 
 # --------------------------------------------------------------------------- builders
@@ -366,3 +369,45 @@ def test_tiles_outside_the_image_are_refused_naming_the_tile():
 
     with pytest.raises(ValidationError, match=r"tiles\[1\]"):
         Rules.model_validate({"tiles": [[0, 0, 0.5, 0.5], [0.5, 0.2, 1.2, 0.6]]})
+
+
+# --------------------------------------------------------------------------- a camera's I420 planes
+
+
+def _scene(w: int, h: int) -> np.ndarray:
+    """A rendered street, as a camera would give it."""
+    return render(sample_scene(5, w, h, n_incidents=3))[0]
+
+
+@pytest.mark.parametrize("w,h", [(1920, 1080), (1002, 566), (640, 480), (416, 234)])
+def test_planes_letterbox_like_their_bgr(w: int, h: int) -> None:
+    """The detector shrinks a camera's planes before converting colour (cheaper); the model must get the
+    picture it would get from the converted frame: same mapping, pixels within rounding. 1002x566 shrinks to
+    an odd height; 416x234 is not resized at all."""
+    i420 = cv2.cvtColor(_scene(w, h), cv2.COLOR_BGR2YUV_I420)
+    planes = Yuv420(i420)
+    assert (planes.width, planes.height) == (w, h)
+    ref, p_ref = letterbox(cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420), 416, 416)
+    ours, p_ours = letterbox(planes, 416, 416)
+    assert p_ours == p_ref and ours.shape == ref.shape == (416, 416, 3)
+    diff = np.abs(ours.astype(int) - ref.astype(int))
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 16, (diff.mean(), np.percentile(diff, 99))
+
+
+def test_planes_must_be_i420() -> None:
+    with pytest.raises(ValueError, match="I420"):
+        Yuv420(np.zeros((100, 200), np.uint8))  # not h * 3 / 2 rows
+    with pytest.raises(ValueError, match="I420"):
+        Yuv420(np.zeros((150, 201), np.uint8))  # odd width
+    with pytest.raises(ValueError, match="I420"):
+        Yuv420(np.zeros((150, 200), np.float32))
+
+
+def test_a_frame_converts_its_planes_once_and_only_when_asked() -> None:
+    bgr = _scene(320, 180)
+    frame = Frame("cam", 0.0, Yuv420(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)))
+    assert frame.size == (320, 180) and frame._bgr is None
+    img = frame.image
+    assert img.shape == (180, 320, 3) and frame.image is img
+    assert np.abs(img.astype(int) - bgr.astype(int)).mean() < 3
+    assert Frame("cam", 0.0, bgr).image is bgr and Frame("cam", 0.0, bgr).size == (320, 180)

@@ -351,3 +351,25 @@ def test_a_dismissed_place_stays_dismissed_at_the_new_resolution(tmp_path):
         later += book.update("cam", 2.0 * k, dets([box * 2]), [None], big)
     assert later == [], [e.event for e in later]
     assert np.allclose(book.suppressions()[0].boxes["cam"], box * 2, atol=0.5)
+
+
+def test_a_camera_frame_is_converted_to_bgr_only_for_a_best_view(tmp_path):
+    """A live camera hands the book its frame in the decoder's planes: scans that see nothing never pay for a
+    BGR picture; a sighting that becomes the best view gets its evidence from the frame's BGR."""
+    import cv2
+
+    from edge.types import Frame, Yuv420
+
+    seen = []
+    book = IncidentBook(str(tmp_path / "s.db"), "edge1", NAMES, RULES, ListSink(),
+                        evidence=lambda img, box, name, conf: seen.append(img.shape) or b"jpeg")
+    bgr = np.zeros((100, 200, 3), np.uint8)
+    bgr[40:70, 50:90] = (30, 160, 220)
+    empty = Frame("cam", 0.0, Yuv420(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)))
+    book.update("cam", 0.0, dets([]), [], empty)
+    assert empty._bgr is None and seen == []  # nothing seen: nothing converted
+    frame = Frame("cam", 2.0, Yuv420(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)))
+    book.update("cam", 2.0, dets([[50, 40, 90, 70]]), [None], frame)
+    assert seen == [(100, 200, 3)] and frame._bgr is not None
+    assert np.abs(frame.image[55, 70].astype(int) - (30, 160, 220)).max() <= 4
+    assert book._tracks[0].image_size == (200, 100)

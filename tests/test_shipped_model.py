@@ -113,3 +113,22 @@ def test_the_int8_model_is_a_copy_of_the_shipped_one_and_sees_the_same(shipped_m
             matched += int((iou.max(axis=1) >= 0.8).sum())
             total += len(a)
     assert total >= 5 and matched >= 0.8 * total, (matched, total)
+
+
+def test_a_camera_frame_in_planes_is_seen_as_its_bgr(shipped_model):
+    """Live cameras hand the detector the decoder's I420 planes, shrunk before the colour conversion; replays and
+    tests hand it BGR. Both must find the same things."""
+    import cv2
+
+    from edge.types import Yuv420
+
+    det = Detector(shipped_model)
+    matched = total = 0
+    for img in _frames(6):
+        i420 = cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420)
+        a, b = det.detect(cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420), conf=0.3), det.detect(Yuv420(i420), conf=0.3)
+        if len(a):
+            iou = box_iou(a.xyxy, b.xyxy) * (a.class_id[:, None] == b.class_id[None, :]) if len(b) else np.zeros((len(a), 1))
+            matched += int((iou.max(axis=1) >= 0.8).sum())
+            total += len(a)
+    assert total >= 5 and matched >= 0.9 * total, (matched, total)
