@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 _OPEN_OPTIONS = {"rtsp_transport": "tcp", "fpsprobesize": "1"}
 _GOP_SAMPLES = 3          # the GOP is the longest of the last few keyframe intervals (irregular GOPs: the worst)
 _GOP_MAX_S = 60.0         # a longer gap between keyframes is a timestamp jump, not a GOP
+_NO_KEY_WARN_S = 20.0     # streaming this long without a keyframe: say why the camera is not scanned
 # One decoder thread per camera: with dozens of cameras the cores are shared between cameras anyway, and
 # FFmpeg's default (a thread per core, per camera) only adds threads, memory and latency.
 DECODE_THREADS = 1
@@ -176,8 +177,9 @@ class _PyAvReader(_Reader):
         live_wait = 0.5 * frame_s if frame_s else 0.02
         tolerance = 0.5 * frame_s if frame_s else 0.02
         intervals: collections.deque[float] = collections.deque(maxlen=_GOP_SAMPLES)
-        last_key: float | None = None
-        live, first, got, skipped = False, None, False, 0
+        last_key: float | None = None  # media time of the last keyframe
+        last_key_at: float | None = None  # and when it came (monotonic)
+        live, first, got, skipped, warned = False, None, False, 0, False
         packets = container.demux(stream)
         while not self.stopped():
             t0 = time.monotonic()
@@ -215,6 +217,7 @@ class _PyAvReader(_Reader):
                 log.debug("camera %s: live after %d buffered packets", src.camera_id, skipped - 1)
             scan_s = src.scan_interval_s  # read afresh: a rule profile may change it
             if packet.is_keyframe:
+                last_key_at = now
                 if packet.pts is not None:
                     t = float(packet.pts * tb)
                     if last_key is not None and 0 < t - last_key <= _GOP_MAX_S:
@@ -231,6 +234,11 @@ class _PyAvReader(_Reader):
                     self.gop_s = None if gop is None else round(gop, 3)
                     self.mode = "keyframes" if keyframes_only else "all"
             elif keyframes_only:
+                if live and not warned and now - (last_key_at or first) >= _NO_KEY_WARN_S:
+                    warned = True
+                    log.warning("camera %s: %.0f s of stream without a keyframe: nothing to scan. Give the camera "
+                                "an I-frame interval (GOP) of a few seconds and turn off intra refresh / "
+                                "smart-codec modes", src.camera_id, now - (last_key_at or first))
                 continue  # the decoder would discard it (skip_frame): don't even hand it over
             # keyframes only: take the keyframe nearest the due time (up to half a GOP early)
             slack = min(0.5 * (self.gop_s or 0.0), 0.5 * scan_s) if keyframes_only else 0.0

@@ -37,7 +37,8 @@ _BUF = 1 << 18           # receive buffer (256 KiB: 0.2 s of an 8 Mbit/s camera)
 _MAX_FRAME = 4 + 65535   # the largest interleaved frame
 _MAX_HEADER = 16384      # an RTSP message header longer than this is not RTSP: the stream lost sync
 _USER_AGENT = "cityops-edge"
-_IDR, _SPS, _PPS, _STAP_A, _FU_A = 5, 7, 8, 24, 28   # H.264 NAL unit types (RFC 6184)
+_SLICE, _IDR, _SEI, _SPS, _PPS, _STAP_A, _FU_A = 1, 5, 6, 7, 8, 24, 28   # H.264 NAL unit types (RFC 6184)
+_RECOVERY_POINT = 6                # H.264 SEI payload type: decoding can start at this picture
 _H265_AP, _H265_FU = 48, 49        # H.265 aggregation / fragmentation units (RFC 7798)
 _H265_IRAP = range(16, 22)         # BLA, IDR, CRA: the pictures a decoder can start from (keyframes)
 _H265_PARAMS = range(32, 35)       # VPS, SPS, PPS
@@ -61,7 +62,8 @@ class AccessUnit:
     non-key frame while only keyframes are wanted) or arrived damaged (`damaged`: an RTP sequence gap)."""
 
     pts: int            # RTP timestamp, 90 kHz, unwrapped and counted from the session's first packet
-    key: bool           # contains an IDR slice (H.265: an IRAP picture: IDR, CRA, BLA)
+    key: bool           # a picture a decoder can start from: an IDR, or an I picture behind a recovery point
+                        # SEI (open-GOP cameras); H.265: an IRAP picture (IDR, CRA, BLA)
     size: int           # payload bytes received for it
     data: bytes | None
     damaged: bool = False
@@ -93,6 +95,51 @@ def _md5(text: str) -> str:
 
 def _auth_params(challenge: str) -> dict[str, str]:
     return {k.lower(): v1 if v1 else v2 for k, v1, v2 in re.findall(r'(\w+)=(?:"([^"]*)"|([^,\s]+))', challenge)}
+
+
+def _ue(data: bytes, bit: int) -> tuple[int, int]:
+    """One Exp-Golomb code (ue(v)) at `bit` of `data`: (value, next bit). IndexError past the end."""
+    zeros = 0
+    while not (data[bit >> 3] >> (7 - (bit & 7))) & 1:
+        zeros += 1
+        bit += 1
+    bit += 1
+    value = 0
+    for _ in range(zeros):
+        value = (value << 1) | ((data[bit >> 3] >> (7 - (bit & 7))) & 1)
+        bit += 1
+    return (1 << zeros) - 1 + value, bit
+
+
+def _recovery_point(sei: bytes) -> bool:
+    """Does this H.264 SEI NAL (header byte first) say decoding can start right here (a recovery point with
+    recovery_frame_cnt 0)? A later count means a gradual refresh: that picture alone is not a keyframe."""
+    data = sei[1:].replace(b"\x00\x00\x03", b"\x00\x00")  # emulation prevention, rare in SEI
+    i = 0
+    try:
+        while i < len(data) and data[i] != 0x80:  # 0x80: the RBSP trailing bits
+            kind = size = 0
+            while data[i] == 0xFF:
+                kind, i = kind + 255, i + 1
+            kind, i = kind + data[i], i + 1
+            while data[i] == 0xFF:
+                size, i = size + 255, i + 1
+            size, i = size + data[i], i + 1
+            if kind == _RECOVERY_POINT:
+                return _ue(data[i:i + size], 0)[0] == 0
+            i += size
+    except IndexError:
+        pass
+    return False
+
+
+def _intra_slice(header: bytes) -> bool:
+    """Is this H.264 slice (the bytes after its NAL header) an I or SI slice?"""
+    try:
+        _, bit = _ue(header, 0)  # first_mb_in_slice
+        return _ue(header, bit)[0] % 5 in (2, 4)
+    except IndexError:
+        return False
 
 
 class RtspClient:
@@ -360,6 +407,7 @@ class RtspClient:
         hevc = self.codec == "hevc"
         parts: list[bytes] = []
         size, key, damaged, ts = 0, False, False, -1
+        recovery = False  # this H.264 unit carries a recovery point SEI (count 0): its I slices make it a keyframe
         collect = want_all()
         expect = -1
         base = last = -1
@@ -392,7 +440,7 @@ class RtspClient:
                 end -= buf[end - 1]
             if t != ts and size:  # a new timestamp without a marker: the camera did not mark the last unit
                 yield self._unit(parts, size, key, damaged, ts, base, wraps, collect)
-                parts, size, key, damaged = [], 0, False, False
+                parts, size, key, damaged, recovery = [], 0, False, False, False
                 collect = want_all()
             if t != ts:
                 if base < 0:
@@ -439,9 +487,11 @@ class RtspClient:
                 if kind == _FU_A:
                     fu = buf[q + 1]
                     kind = fu & 0x1F
-                    if kind == _IDR:
+                    if kind == _SLICE and recovery and fu & 0x80 and not key:
+                        key = _intra_slice(buf[q + 2:q + 18])  # an open-GOP keyframe: an I slice at a recovery point
+                    elif kind == _IDR:
                         key = True
-                    if collect or kind == _IDR:
+                    if collect or kind == _IDR or (kind == _SLICE and key):
                         if fu & 0x80:
                             parts.append(_START + bytes(((nal & 0xE0) | kind,)))
                         parts.append(buf[q + 2:end])
@@ -449,22 +499,34 @@ class RtspClient:
                     r = q + 1
                     while r + 2 < end:
                         n = (buf[r] << 8) | buf[r + 1]
-                        kind = buf[r + 2] & 0x1F
+                        unit = buf[r + 2:r + 2 + n]
+                        kind = unit[0] & 0x1F
+                        if kind == _SEI and not recovery and _recovery_point(unit):
+                            recovery = True
+                            if not collect:
+                                parts += (_START, unit)  # the decoder needs it to take the picture as a keyframe
+                        elif kind == _SLICE and recovery and not key:
+                            key = _intra_slice(unit[1:17])
                         key = key or kind == _IDR
-                        if collect or kind in (_IDR, _SPS, _PPS):
-                            parts.append(_START)
-                            parts.append(buf[r + 2:r + 2 + n])
+                        if collect or kind in (_IDR, _SPS, _PPS) or (kind == _SLICE and key):
+                            parts += (_START, unit)
                         r += 2 + n
                 elif 0 < kind < 24:
+                    if kind == _SEI and not recovery and _recovery_point(buf[q:end]):
+                        recovery = True
+                        if not collect:
+                            parts += (_START, buf[q:end])  # the decoder needs it to take the picture as a keyframe
+                    elif kind == _SLICE and recovery and not key:
+                        key = _intra_slice(buf[q + 1:q + 17])
                     key = key or kind == _IDR
-                    if collect or kind in (_IDR, _SPS, _PPS):
+                    if collect or kind in (_IDR, _SPS, _PPS) or (kind == _SLICE and key):
                         parts.append(_START)
                         parts.append(buf[q:end])
                 else:
                     damaged = True  # STAP-B, MTAP, FU-B: not in modes 0/1
             if marker and size:
                 yield self._unit(parts, size, key, damaged, ts, base, wraps, collect)
-                parts, size, key, damaged = [], 0, False, False
+                parts, size, key, damaged, recovery = [], 0, False, False, False
                 collect = want_all()
                 if time.monotonic() - self._last_keepalive >= self._keepalive_s:
                     self._last_keepalive = time.monotonic()

@@ -195,6 +195,40 @@ def test_only_keyframes_are_assembled_while_only_keyframes_are_wanted() -> None:
     assert [u.size for u in got[1:3]] == [len(P1), len(P2)]  # sizes still known: the stream is alive
 
 
+# open-GOP cameras: their later "keyframes" are non-IDR I pictures behind a recovery point SEI
+I_SLICE = bytes([0x61, 0x88]) + b"\x5a" * 120     # non-IDR slice: first_mb 0 (ue "1"), slice_type 7 = I ("0001000")
+P_SLICE = bytes([0x41, 0x98]) + b"\x5b" * 40      # slice_type 5 = P ("00110")
+SEI_RP0 = bytes([0x06, 0x05, 0x04]) + b"uuid" + bytes([0x06, 0x01, 0xC4, 0x80])  # user data, then recovery_frame_cnt 0
+SEI_RP4 = bytes([0x06, 0x06, 0x02, 0x2C, 0x40, 0x80])  # recovery_frame_cnt 4: a gradual refresh starts, not a keyframe
+
+
+def test_an_i_picture_at_a_recovery_point_is_a_keyframe() -> None:
+    """Keyframes only: an open-GOP camera's I picture behind a recovery point SEI (count 0) is assembled with its
+    SEI (the decoder needs it to start there), wherever the SEI and slices come (single NAL, STAP-A, FU-A); a
+    recovery point that starts a gradual refresh, or one in front of a P picture, is not a keyframe."""
+    g1, seq = gop(0, 0)
+    pkts = list(g1)
+    ts = 3 * 3600
+    pkts.append(rtp(seq, ts, SEI_RP0))  # single-NAL SEI, I slice in FU-A fragments
+    frags = fu_a(I_SLICE, 50)
+    pkts += [rtp(seq + 1 + i, ts, f, marker=i == len(frags) - 1) for i, f in enumerate(frags)]
+    seq += 1 + len(frags)
+    pkts.append(rtp(seq, ts + 3600, stap_a(SPS, PPS, SEI_RP0)))  # SEI aggregated, single-NAL I slice
+    pkts.append(rtp(seq + 1, ts + 3600, I_SLICE, marker=True))
+    pkts.append(rtp(seq + 2, ts + 7200, SEI_RP4))  # intra refresh begins: a P picture
+    pkts.append(rtp(seq + 3, ts + 7200, P_SLICE, marker=True))
+    pkts.append(rtp(seq + 4, ts + 10800, stap_a(SEI_RP0, P_SLICE), marker=True))
+    pkts.append(rtp(seq + 5, ts + 14400, I_SLICE, marker=True))  # an I picture without a recovery point
+    got = units(ScriptedCamera(stream=pkts), 8, want_all=False)
+    assert [u.key for u in got] == [True, False, False, True, True, False, False, False]
+    assert got[3].data == SC + SEI_RP0 + SC + I_SLICE
+    assert got[4].data == SC + SPS + SC + PPS + SC + SEI_RP0 + SC + I_SLICE
+    assert [u.data for u in got[5:]] == [None, None, None]
+    every = units(ScriptedCamera(stream=pkts), 8, want_all=True)  # decoding everything: the same keys
+    assert [u.key for u in every] == [u.key for u in got]
+    assert every[5].data == SC + SEI_RP4 + SC + P_SLICE
+
+
 def test_a_lost_packet_damages_only_its_own_access_unit() -> None:
     g1, seq = gop(0, 0)
     g2, _ = gop(seq, 3 * 3600)
@@ -387,3 +421,100 @@ def test_an_h265_camera_is_read_by_the_builtin_client_keyframes_only(tmp_path: P
     assert ingest["decoded"] <= len(run.frames) + 2, ingest  # keyframes only, one per scan
     image = run.frames[-1][1].image
     assert image.shape == (180, 320, 3) and image.std() > 10  # a real picture, not a grey failed decode
+
+
+def _open_gop_camera(tmp_path: Path, seconds: float = 9.0) -> ScriptedCamera:
+    """A camera joined mid-stream whose encoder closes no GOP: x264 with B-frames and open GOPs sends one IDR at
+    its start and then only I pictures behind recovery point SEIs. Streamed in real time from its second GOP on,
+    so no IDR ever comes."""
+    import base64
+    import subprocess
+
+    import av
+
+    path = tmp_path / "opengop.mp4"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+                    "-i", f"testsrc2=size=320x180:rate=10:duration={seconds + 1}", "-c:v", "libx264",
+                    "-preset", "veryfast", "-g", "10", "-keyint_min", "10", "-sc_threshold", "0", "-bf", "2",
+                    "-x264-params", "open-gop=1", "-pix_fmt", "yuv420p", "-an", str(path)], check=True, timeout=60)
+    pkts, seq = [], 0
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        avcc = bytes(stream.codec_context.extradata)  # avcC: SPS and PPS for the SDP
+        n_sps = avcc[5] & 0x1F
+        sps_len = struct.unpack("!H", avcc[6:8])[0]
+        sps = avcc[8:8 + sps_len]
+        pps = avcc[8 + sps_len + 3:8 + sps_len + 3 + struct.unpack("!H", avcc[9 + sps_len:11 + sps_len])[0]]
+        assert n_sps == 1
+        idr_seen = 0
+        for packet in c.demux(stream):
+            if packet.size == 0:
+                continue
+            data, nals, i = bytes(packet), [], 0
+            while i + 4 <= len(data):
+                n = struct.unpack("!I", data[i:i + 4])[0]
+                nals.append(data[i + 4:i + 4 + n])
+                i += 4 + n
+            idr_seen += any(nal[0] & 0x1F == 5 for nal in nals)
+            if packet.is_keyframe and not any(nal[0] & 0x1F == 5 for nal in nals):
+                assert any(nal[0] & 0x1F == 6 for nal in nals)  # really a recovery point picture
+            if float(packet.dts * stream.time_base) < 1.0:  # the first GOP, with the only IDR: never sent
+                continue
+            ts = int(packet.pts * stream.time_base * 90000)
+            for j, nal in enumerate(nals):
+                last = j == len(nals) - 1
+                pieces = fu_a(nal, 1200) if len(nal) > 1200 else [nal]
+                for k, piece in enumerate(pieces):
+                    pkts.append(rtp(seq, ts, piece, marker=last and k == len(pieces) - 1))
+                    seq += 1
+        assert idr_seen == 1
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    sdp = H264_SDP.replace("sprop-parameter-sets=Z0IAHqs=,aM48gA==", f"sprop-parameter-sets={b64(sps)},{b64(pps)}")
+    return ScriptedCamera(sdp=sdp, stream=pkts, over_s=seconds)
+
+
+@pytest.mark.slow
+def test_an_open_gop_camera_is_scanned_from_its_recovery_point_keyframes(tmp_path: Path) -> None:
+    """Without IDRs the built-in client must still find keyframes (FFmpeg's does): a 1 s scan gets one decoded
+    I picture a second, keyframes only, and real pictures, not grey failed decodes."""
+    if (why := ffmpeg_unavailable()) is not None:
+        pytest.skip(why)
+    cam = _open_gop_camera(tmp_path)
+    run = Run(lambda cb: PyAvSource("cam1", cam.url(), 1.0, on_status=cb, rtsp_client="builtin"))
+    try:
+        run.wait("4 scans", lambda: len(run.frames) >= 4, 12)
+        ingest = run.source.ingest()
+    finally:
+        run.close()
+        cam.close()
+    assert ingest["client"] == "builtin" and ingest["mode"] == "keyframes", ingest
+    assert ingest["gop_s"] == pytest.approx(1.0, abs=0.05) and ingest["damaged"] == 0, ingest
+    assert ingest["decoded"] <= len(run.frames) + 2, ingest
+    image = run.frames[-1][1].image
+    assert image.shape == (180, 320, 3) and image.std() > 10
+
+
+def test_a_camera_that_sends_no_keyframe_is_named_in_the_log(monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Intra refresh (or a smart-codec mode) can leave a stream with no keyframe at all: nothing can be scanned,
+    and the operator must read why, once, with the camera's name."""
+    import edge.ingest
+
+    monkeypatch.setattr(edge.ingest, "_NO_KEY_WARN_S", 1.5)
+    caplog.set_level(logging.INFO, logger="edge")
+    pkts = [rtp(i, i * 9000, SEI_RP4 if i % 10 == 0 else P_SLICE, marker=True) for i in range(40)]
+    cam = ScriptedCamera(stream=pkts, over_s=4.0)
+    run = Run(lambda cb: PyAvSource("gate-7", cam.url(), 1.0, on_status=cb, rtsp_client="builtin"))
+    try:
+        deadline = time.monotonic() + 8  # a log line wakes no Run.wait: poll
+        while "without a keyframe" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = run.source.status()
+        time.sleep(1.0)  # the stream goes on: no second warning
+    finally:
+        run.close()
+        cam.close()
+    warnings = [r for r in caplog.records if "without a keyframe" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert "camera gate-7:" in warnings[0].getMessage() and "I-frame interval" in warnings[0].getMessage()
+    assert run.frames == [] and status["state"] == "online"
