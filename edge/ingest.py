@@ -100,11 +100,9 @@ class _PyAvReader(_Reader):
 
     def session(self, failures: int) -> bool:
         src = self.src
-        with self.lock:
-            gen = self.gen
-        say = log.warning if failures % 10 == 0 else log.debug  # a dead camera: not a warning every second
-        if (url := self.open_url(say)) is None:
+        if (started := self.begin(failures)) is None:
             return False
+        gen, say, url = started
         shown = self.shown
         if self.use_builtin(url):
             client = RtspClient(url, src.open_timeout_s, src.read_timeout_s)

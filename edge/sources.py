@@ -335,15 +335,22 @@ class _Reader:
         self.set_state("offline", error=why)
         return False
 
-    def session(self, failures: int) -> bool:
-        """Open, pump frames until the stream breaks or stalls, release. True when frames flowed.
-        `failures` (opens in a row that gave nothing) only tones the logging down."""
-        src = self.src
+    def begin(self, failures: int) -> tuple[int, Callable[..., None], str] | None:
+        """What every session starts with: its generation, how loud to log (a dead camera: not a warning every
+        second; `failures` counts opens in a row that gave nothing) and the URL with its secrets filled in, or
+        None when that URL cannot be made (already reported)."""
         with self.lock:
             gen = self.gen
-        say = log.warning if failures % 10 == 0 else log.debug  # a dead camera: not a warning every second
-        if (url := self.open_url(say)) is None:
+        say = log.warning if failures % 10 == 0 else log.debug
+        url = self.open_url(say)
+        return None if url is None else (gen, say, url)
+
+    def session(self, failures: int) -> bool:
+        """Open, pump frames until the stream breaks or stalls, release. True when frames flowed."""
+        src = self.src
+        if (started := self.begin(failures)) is None:
             return False
+        gen, say, url = started
         shown = self.shown
         try:
             cap = _open_capture(url, src.open_timeout_s, src.read_timeout_s)
