@@ -77,6 +77,13 @@ def make_clip(seconds: int = 8) -> Path:
     return out
 
 
+def announce(mark: str) -> None:
+    """A child's mark: tell the parent, then wait until it has sampled our CPU and memory. A child that exits
+    right after its last mark would otherwise be sampled as a zombie, with no memory (RSS 0)."""
+    print(f"MARK {mark}", flush=True)
+    sys.stdin.readline()
+
+
 # ------------------------------------------------------------------------------------ child: ours
 def _thread_cpu() -> dict[int, float]:
     """CPU seconds (user + system) of each thread of this process, by native thread id."""
@@ -141,7 +148,7 @@ def child_ours(a: argparse.Namespace) -> int:
         with lock:
             marks[name] = dict(wall=time.time(), threads=_thread_cpu(), names=py, infer=dict(infer_cpu),
                                batching=app.detector.stats() if hasattr(app.detector, "stats") else None)
-        print(f"MARK {name}", flush=True)
+        announce(name)
 
     def clock() -> None:
         # every camera scanning first (the test server sets its mounts up one after the other), then the warm-up
@@ -153,7 +160,7 @@ def child_ours(a: argparse.Namespace) -> int:
             time.sleep(0.2)
         with lock:
             scanning.append(len(seen))
-        print(f"MARK all-scanning {time.monotonic() - t_start:.1f}", flush=True)
+        announce(f"all-scanning {time.monotonic() - t_start:.1f}")
         time.sleep(a.warmup)
         mark("warm")
         with lock:
@@ -240,7 +247,7 @@ def child_bare(a: argparse.Namespace) -> int:
                         scans.append((done, done - now))
                         seen.add(url)
 
-    print("MARK loaded", flush=True)
+    announce("loaded")
     for u in urls:
         threading.Thread(target=camera, args=(u,), daemon=True).start()
     deadline = time.monotonic() + 180
@@ -248,10 +255,10 @@ def child_bare(a: argparse.Namespace) -> int:
         time.sleep(0.2)
     time.sleep(a.warmup)
     w = time.time()
-    print("MARK warm", flush=True)
+    announce("warm")
     time.sleep(a.seconds)
     e = time.time()
-    print("MARK end", flush=True)
+    announce("end")
     stop.set()
     with lock:
         window = [lag for done, lag in scans if w <= done <= e]
@@ -301,7 +308,7 @@ def child_baseline(a: argparse.Namespace) -> int:
 
     def mark(name: str) -> None:
         marks[name] = time.time()
-        print(f"MARK {name}", flush=True)
+        announce(name)
 
     mark("loaded")
     t_warm = t_end = None  # from the first result on: ultralytics opens the streams one after the other first
@@ -362,15 +369,21 @@ def run_phase(kind: str, n: int, a: argparse.Namespace, work: Path, urls: list[s
         env["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp"
     log_path = work / f"{kind}-{n}.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=env)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
+                                env=env)
         ps = psutil.Process(proc.pid)
         seen: dict[str, tuple[float, float]] = {}
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stdin is not None
         limit = time.monotonic() + a.warmup + a.seconds + 400
         for line in proc.stdout:
             if line.startswith("MARK "):
                 ct = ps.cpu_times()
                 seen[line.split()[1]] = (ct.user + ct.system, ps.memory_info().rss / 2**20)
+                try:  # sampled: the child may go on (see announce)
+                    proc.stdin.write("\n")
+                    proc.stdin.flush()
+                except OSError:
+                    pass
             if time.monotonic() > limit:
                 break
         try:
