@@ -246,7 +246,8 @@ class Detector:
         return self.manifest.class_names
 
     def preprocess(self, images: Sequence[Pixels]) -> tuple[np.ndarray, list[LetterboxParams]]:
-        """Letterbox BGR frames (or I420 planes) into one ``(n, 3, H, W)`` float32 batch in the manifest's colour and scale."""
+        """Letterbox BGR frames (or I420 planes) into one ``(n, 3, H, W)`` float32 batch in the manifest's colour
+        and scale."""
         spec = self.manifest.input
         batch = np.empty((len(images), 3, spec.height, spec.width), dtype=np.float32)
         params: list[LetterboxParams] = []
@@ -319,7 +320,8 @@ class Detector:
     def detect_batch(
         self, images: Sequence[Pixels], conf: float | Sequence[float] | np.ndarray | None = None
     ) -> list[Detections]:
-        """Detect in several BGR frames: one ``session.run`` if the batch dim is dynamic, else one per frame."""
+        """Detect in several BGR frames (or I420 planes): one ``session.run`` if the batch dim is dynamic, else one
+        per frame."""
         if len(images) == 0:
             return []
         batch, params = self.preprocess(images)
