@@ -56,12 +56,14 @@ EDGE, EDGE_PW = "bench-edge", "bench-Edge-pw-7731"
 
 
 # ------------------------------------------------------------------------------------------- media
-def make_clip(seconds: int = 8) -> Path:
-    """The 1080p25 noisy test clip, made once per parameter set in the temp dir (never committed)."""
-    key = hashlib.sha1(f"{SIZE}{FPS}{GOP}{BITRATE}{seconds}v1".encode()).hexdigest()[:10]
+def make_clip(seconds: int = 8, codec: str = "h264") -> Path:
+    """The 1080p25 noisy test clip, made once per parameter set in the temp dir (never committed). `codec` h265
+    encodes the same picture with x265 at the same bitrate and GOP (closed GOPs: IDR keyframes)."""
+    tag = "" if codec == "h264" else codec
+    key = hashlib.sha1(f"{SIZE}{FPS}{GOP}{BITRATE}{seconds}v1{tag}".encode()).hexdigest()[:10]
     d = Path(tempfile.gettempdir()) / "cityops-bench-clips"
     d.mkdir(exist_ok=True)
-    out = d / f"cam1080p-{key}.mp4"
+    out = d / f"cam1080p{'-' + tag if tag else ''}-{key}.mp4"
     if out.is_file():
         return out
     w, h = SIZE
@@ -69,7 +71,10 @@ def make_clip(seconds: int = 8) -> Path:
     cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
            "-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate={FPS}:duration={seconds}",
            "-vf", "noise=alls=14:allf=t",  # temporal noise: every frame differs, like a real sensor
-           "-c:v", "libx264", "-preset", "veryfast", "-b:v", BITRATE, "-maxrate", BITRATE, "-bufsize", "8M",
+           *(["-c:v", "libx264", "-preset", "veryfast"] if codec == "h264" else
+             ["-c:v", "libx265", "-preset", "veryfast", "-tag:v", "hvc1", "-x265-params",
+              f"log-level=error:keyint={GOP}:min-keyint={GOP}:scenecut=0:open-gop=0:bframes=0"]),
+           "-b:v", BITRATE, "-maxrate", BITRATE, "-bufsize", "8M",
            "-g", str(GOP), "-keyint_min", str(GOP), "-sc_threshold", "0", "-bf", "0",
            "-pix_fmt", "yuv420p", "-an", str(tmp)]
     subprocess.run(cmd, check=True, timeout=600)
@@ -494,7 +499,7 @@ def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
 def parent(a: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="cityops-bench-"))
     print(f"bench: load before {load_avg()}, {os.cpu_count()} CPUs; making the clip", file=sys.stderr, flush=True)
-    clip = make_clip()
+    clip = make_clip(codec=a.codec)
     rig = Rig(work, clip)
     try:
         port = rig.start_broker()
@@ -536,6 +541,7 @@ def parent(a: argparse.Namespace) -> int:
                 print(f"ours / bare loop CPU per camera: {result['cpu_ratio_ours_over_bare']}x", flush=True)
             result["rounds"] = a.rounds
         result.update(scan_interval_s=a.scan_interval, seconds=a.seconds, warmup_s=a.warmup, decoder=a.decoder,
+                      codec=a.codec,
                       rtsp_client=a.rtsp_client,
                       model=a.model.name, load_avg=load_avg(), cpus=os.cpu_count())
     finally:
@@ -591,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
                     "nothing else): what the product's rules, geo, book, outbox and MQTT add")
     ap.add_argument("--rounds", type=int, default=1, help="ours/baseline pairs; figures are their medians")
     ap.add_argument("--decoder", choices=("auto", "pyav", "opencv"), default="auto")
+    ap.add_argument("--codec", choices=("h264", "h265"), default="h264", help="what the cameras send (h265: the "
+                    "same clip encoded with x265, same bitrate and GOP)")
     ap.add_argument("--rtsp-client", choices=("auto", "builtin", "ffmpeg"), default="auto",
                     help="who receives our side's RTSP (the site key rtsp_client); the bare loop always uses FFmpeg's")
     ap.add_argument("--model", type=Path, default=MODEL, help="ONNX model for both sides (e.g. models/"

@@ -24,6 +24,7 @@ def test_the_bench_json_line_has_every_key_its_users_read() -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["cameras"] == 2 and out["scan_interval_s"] == 2.0 and out["cameras_scanning"] == 2
+    assert out["codec"] == "h264" and out["rtsp_client"] == "auto"
     for side in ("", "baseline_", "bare_"):
         assert out[f"{side}cpu_s_per_camera_hour"] > 0, side
         assert 0 <= out[f"{side}scan_lag_p95_s"] <= 2.0, side  # 2 cameras: every side keeps up
