@@ -499,29 +499,10 @@ class RtspClient:
                     r = q + 1
                     while r + 2 < end:
                         n = (buf[r] << 8) | buf[r + 1]
-                        unit = buf[r + 2:r + 2 + n]
-                        kind = unit[0] & 0x1F
-                        if kind == _SEI and not recovery and _recovery_point(unit):
-                            recovery = True
-                            if not collect:
-                                parts += (_START, unit)  # the decoder needs it to take the picture as a keyframe
-                        elif kind == _SLICE and recovery and not key:
-                            key = _intra_slice(unit[1:17])
-                        key = key or kind == _IDR
-                        if collect or kind in (_IDR, _SPS, _PPS) or (kind == _SLICE and key):
-                            parts += (_START, unit)
+                        recovery, key = self._h264_nal(r + 2, r + 2 + n, parts, collect, recovery, key)
                         r += 2 + n
                 elif 0 < kind < 24:
-                    if kind == _SEI and not recovery and _recovery_point(buf[q:end]):
-                        recovery = True
-                        if not collect:
-                            parts += (_START, buf[q:end])  # the decoder needs it to take the picture as a keyframe
-                    elif kind == _SLICE and recovery and not key:
-                        key = _intra_slice(buf[q + 1:q + 17])
-                    key = key or kind == _IDR
-                    if collect or kind in (_IDR, _SPS, _PPS) or (kind == _SLICE and key):
-                        parts.append(_START)
-                        parts.append(buf[q:end])
+                    recovery, key = self._h264_nal(q, end, parts, collect, recovery, key)
                 else:
                     damaged = True  # STAP-B, MTAP, FU-B: not in modes 0/1
             if marker and size:
@@ -531,6 +512,23 @@ class RtspClient:
                 if time.monotonic() - self._last_keepalive >= self._keepalive_s:
                     self._last_keepalive = time.monotonic()
                     self._send(self._keepalive_method, self._url)
+
+    def _h264_nal(self, q: int, end: int, parts: list[bytes], collect: bool, recovery: bool,
+                  key: bool) -> tuple[bool, bool]:
+        """One whole H.264 NAL unit at `buf[q:end]` (a single-NAL packet, or one of a STAP-A): kept in `parts` when
+        its unit will be decoded; returns the unit's (recovery, key) so far. Copied only when kept."""
+        buf = self._buf
+        kind = buf[q] & 0x1F
+        if kind == _SEI and not recovery and _recovery_point(buf[q:end]):
+            recovery = True
+            if not collect:
+                parts += (_START, buf[q:end])  # the decoder needs it to take the picture as a keyframe
+        elif kind == _SLICE and recovery and not key:
+            key = _intra_slice(buf[q + 1:q + 17])  # an open-GOP keyframe: an I slice at a recovery point
+        key = key or kind == _IDR
+        if collect or kind in (_IDR, _SPS, _PPS) or (kind == _SLICE and key):
+            parts += (_START, buf[q:end])
+        return recovery, key
 
     def _unit(self, parts: list[bytes], size: int, key: bool, damaged: bool, ts: int, base: int, wraps: int,
               collect: bool) -> AccessUnit:
