@@ -32,7 +32,6 @@ from typing import Any, Iterator
 
 import av
 import av.error
-import cv2
 import numpy as np
 
 from edge.rtsp import AccessUnit, RtspClient, RtspError, RtspTimeout, RtspUnsupported
@@ -232,11 +231,11 @@ class _PyAvReader(_Reader):
                     self.gop_s = None if gop is None else round(gop, 3)
                     self.mode = "keyframes" if keyframes_only else "all"
             elif keyframes_only:
-                if live and not warned and now - (last_key_at or first) >= _NO_KEY_WARN_S:
+                if live and not warned and (keyless_s := now - (last_key_at or first)) >= _NO_KEY_WARN_S:
                     warned = True
                     log.warning("camera %s: %.0f s of stream without a keyframe: nothing to scan. Give the camera "
                                 "an I-frame interval (GOP) of a few seconds and turn off intra refresh / "
-                                "smart-codec modes", src.camera_id, now - (last_key_at or first))
+                                "smart-codec modes", src.camera_id, keyless_s)
                 continue  # the decoder would discard it (skip_frame): don't even hand it over
             # keyframes only: take the keyframe nearest the due time (up to half a GOP early)
             slack = min(0.5 * (self.gop_s or 0.0), 0.5 * scan_s) if keyframes_only else 0.0
@@ -278,9 +277,8 @@ def to_bgr(vf: Any) -> np.ndarray:
     """A decoded frame as BGR. For the usual yuv420p (video range) OpenCV's conversion of the planes costs about
     half of swscale's bgr24 (2.9 vs 5.3 ms a 1080p frame here); other formats (full-range yuvj420p, 4:2:2...)
     go through swscale, which knows their ranges."""
-    if vf.format.name == "yuv420p" and vf.width % 2 == 0 and vf.height % 2 == 0:
-        return cv2.cvtColor(vf.to_ndarray(format="yuv420p"), cv2.COLOR_YUV2BGR_I420)
-    return vf.to_ndarray(format="bgr24")
+    pixels = to_pixels(vf)
+    return pixels.bgr() if isinstance(pixels, Yuv420) else pixels
 
 
 class _BuiltinPacket:
