@@ -59,6 +59,8 @@ EDGE, EDGE_PW = "bench-edge", "bench-Edge-pw-7731"
 def make_clip(seconds: int = 8, codec: str = "h264") -> Path:
     """The 1080p25 noisy test clip, made once per parameter set in the temp dir (never committed). `codec` h265
     encodes the same picture with x265 at the same bitrate and GOP (closed GOPs: IDR keyframes)."""
+    from fixtures_rtsp import encoder_args  # the test clips' encoder choices (tests/ is on the path)
+
     tag = "" if codec == "h264" else codec
     key = hashlib.sha1(f"{SIZE}{FPS}{GOP}{BITRATE}{seconds}v1{tag}".encode()).hexdigest()[:10]
     d = Path(tempfile.gettempdir()) / "cityops-bench-clips"
@@ -71,10 +73,7 @@ def make_clip(seconds: int = 8, codec: str = "h264") -> Path:
     cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
            "-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate={FPS}:duration={seconds}",
            "-vf", "noise=alls=14:allf=t",  # temporal noise: every frame differs, like a real sensor
-           *(["-c:v", "libx264", "-preset", "veryfast"] if codec == "h264" else
-             ["-c:v", "libx265", "-preset", "veryfast", "-tag:v", "hvc1", "-x265-params",
-              f"log-level=error:keyint={GOP}:min-keyint={GOP}:scenecut=0:open-gop=0:bframes=0"]),
-           "-b:v", BITRATE, "-maxrate", BITRATE, "-bufsize", "8M",
+           *encoder_args(codec, GOP), "-b:v", BITRATE, "-maxrate", BITRATE, "-bufsize", "8M",
            "-g", str(GOP), "-keyint_min", str(GOP), "-sc_threshold", "0", "-bf", "0",
            "-pix_fmt", "yuv420p", "-an", str(tmp)]
     subprocess.run(cmd, check=True, timeout=600)

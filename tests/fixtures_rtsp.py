@@ -39,6 +39,15 @@ def rtsp_unavailable() -> str | None:
     return None
 
 
+def encoder_args(codec: str, gop: int) -> list[str]:
+    """ffmpeg's encoder options for a camera-like clip: x264, or x265 with the same closed GOP (IDR keyframes, no
+    B-frames, no scene cuts). The caller adds the rate control, `-g` and `-bf 0`."""
+    if codec == "h264":
+        return ["-c:v", "libx264", "-preset", "veryfast"]
+    return ["-c:v", "libx265", "-preset", "veryfast", "-tag:v", "hvc1",
+            "-x265-params", f"log-level=error:keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0:bframes=0"]
+
+
 def make_clip(path: str | Path, seconds: float, fps: int = 10, size: tuple[int, int] = (320, 180),
               gop: int = 10, codec: str = "h264") -> Path:
     """Encode a small H.264 (or, codec="h265", HEVC) MP4: a moving test pattern with temporal noise (so frames
@@ -50,9 +59,7 @@ def make_clip(path: str | Path, seconds: float, fps: int = 10, size: tuple[int, 
         "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
         "-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate={fps}:duration={seconds}",
         "-vf", "noise=alls=10:allf=t",
-        *(["-c:v", "libx264", "-preset", "veryfast", "-crf", "30"] if codec == "h264" else
-          ["-c:v", "libx265", "-preset", "veryfast", "-crf", "30", "-tag:v", "hvc1",
-           "-x265-params", f"log-level=error:keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0"]),
+        *encoder_args(codec, gop), "-crf", "30",
         "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0", "-bf", "0",
         "-pix_fmt", "yuv420p", "-an", str(path),
     ]
