@@ -364,7 +364,9 @@ def draw_things(scene: Scene, img: np.ndarray, things: list[Thing], cutouts: lis
     """Paint things far to near (flat ones first) and return labels for the classed ones that stay visible."""
     cam = scene.camera
     owner = np.full((cam.height, cam.width), -1, np.int32)
-    own_total: dict[int, int] = {}
+    # every pixel a thing painted, as a union: a pile's own bags and bricks overlap each other, and counting
+    # them once per layer made a dense pile look "hidden" and lose its label
+    painted: dict[int, np.ndarray] = {}
     # paint order: flat things (as listed), then shadows, then upright things far to near
     layers: list[tuple[int, int, float, Layer]] = []  # (thing id or -2 for shadows, group, -depth, layer)
     for t in things:
@@ -380,14 +382,15 @@ def draw_things(scene: Scene, img: np.ndarray, things: list[Thing], cutouts: lis
         sl = (slice(lay.y0, lay.y0 + h), slice(lay.x0, lay.x0 + w))
         strong = lay.alpha > 0.6
         if tid >= 0:
-            own_total[tid] = own_total.get(tid, 0) + int(strong.sum())
+            if tid not in painted:
+                painted[tid] = np.zeros((cam.height, cam.width), bool)
+            painted[tid][sl] |= strong
             owner[sl][strong] = tid
-        elif tid == -2:
-            pass
     labels = []
     by_id = {t.id: t for t in things}
-    for tid, total in own_total.items():
+    for tid, mask in painted.items():
         t = by_id[tid]
+        total = int(mask.sum())
         if t.cls is None or total == 0:
             continue
         ys, xs = np.nonzero(owner == tid)
