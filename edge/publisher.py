@@ -63,6 +63,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.config import Broker, ConfigError, read_secret_file
 from edge.messages import edge_status_message, encode_message
 from edge.outbox import Outbox, OutboxRow
+from edge.problems import ProblemLog
 from edge.topics import Topics
 
 __all__ = ["Publisher", "PublisherStats", "broker_credentials"]
@@ -206,14 +207,13 @@ class Publisher:
         self._acks: dict[int, ReasonCode] = {}  # mid → PUBACK reason, filled on the network thread
         self._ignore_mids: set[int] = set()  # our own "online" publishes: nobody waits for them
         self._ack_cond = threading.Condition()
-        self._problem: str | None = None  # key of the problem last logged (log each problem once)
+        self._problems = ProblemLog(logger)  # the connection's problem now; also the last publish refusal's text
         self._rejected_topics: set[str] = set()
         self._acked = 0
         self._rejected = 0
         self._refusals: dict[int, int] = {}  # outbox id → permanent refusals so far
         self._max_refusals = max(1, refusals_before_set_aside)
         self._counts_published: tuple[int, dict[str, int]] | None = None  # what the last edge status said
-        self._last_error: str | None = None
         self._inflight: deque[tuple[OutboxRow, int]] = deque()  # (row, mid) handed to paho, oldest first
         self._started = False
         self._thread = threading.Thread(target=self._run, name=f"mqtt-sender-{edge_id}", daemon=True)
@@ -278,7 +278,7 @@ class Publisher:
     def refused(self) -> str | None:
         """The broker's last refusal of our login (bad credentials, not authorised), None if it never refused
         or we connected since: a configuration error the operator must fix, not a network blip."""
-        return self._last_error if (self._problem or "").startswith("refused:") else None
+        return self._problems.text if (self._problems.key or "").startswith("refused:") else None
 
     def wait_connected(self, timeout: float) -> bool:
         """True once the broker accepted the connection (CONNACK success), False after `timeout`."""
@@ -292,7 +292,7 @@ class Publisher:
         return PublisherStats(acked=self._acked, pending=self._outbox.pending_count(),
                               set_aside=len(self._outbox.set_aside_rows()), dropped=self._outbox.drop_counts(),
                               connected=self._connected.is_set(), rejected=self._rejected,
-                              last_error=self._last_error)
+                              last_error=self._problems.text)
 
     # ------------------------------------------------------------------------------ sender thread
     def _run(self) -> None:
@@ -357,7 +357,7 @@ class Publisher:
                     delay = self._retry_delay[0]
                 if row.topic in self._rejected_topics:
                     self._rejected_topics.discard(row.topic)
-                    self._last_error = None
+                    self._problems.text = None
                     logger.info("MQTT broker %s accepts publishes to %s again", self.endpoint, row.topic)
             except Exception:  # never let the sender die silently: log, back off, go on
                 logger.exception("MQTT sender: unexpected error; retrying in %.1f s", delay)
@@ -376,7 +376,7 @@ class Publisher:
         text = (f"MQTT broker {self.endpoint} rejected the publish to {row.topic}: {reason} "
                 f"(reason code 0x{reason.value:02X}); the message stays in the outbox and is retried with backoff"
                 + (f" — check the broker ACL for user {self._user!r}" if reason.value == 0x87 else ""))
-        self._last_error = text
+        self._problems.text = text
         if row.topic not in self._rejected_topics:
             self._rejected_topics.add(row.topic)
             logger.error(text)
@@ -390,7 +390,7 @@ class Publisher:
                                              else ""))
         self._refusals.pop(row.id, None)
         self._outbox.set_aside(row.id, f"0x{reason.value:02X} {reason}")
-        self._last_error = text
+        self._problems.text = text
         logger.error(text)
         self._publish_counts_if_changed()
 
@@ -430,30 +430,17 @@ class Publisher:
         return encode_message(payload) if isinstance(payload, dict) else payload
 
     # ------------------------------------------------------------- paho callbacks (network thread)
-    def _report(self, key: str, level: int, text: str) -> None:
-        """Log a connection problem once (repeats go to debug) and remember it for stats()."""
-        self._last_error = text
-        if key != self._problem:
-            self._problem = key
-            logger.log(level, text)
-        else:
-            logger.debug(text)
-
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode,
                     properties: Properties | None) -> None:
         if reason.is_failure:
             self._connected.clear()
-            self._report(f"refused:{reason.value}", logging.ERROR,
+            self._problems.report(f"refused:{reason.value}", logging.ERROR,
                          f"MQTT broker {self.endpoint} refused the connection: {reason} "
                          f"(user {self._user!r}, client id {self._client_id!r}){_hint(reason)}; retrying with backoff")
             return
-        if self._problem is not None:
-            logger.info("connected to MQTT broker %s (session present: %s) after: %s", self.endpoint,
-                        flags.session_present, self._last_error)
-        else:
-            logger.info("connected to MQTT broker %s (session present: %s)", self.endpoint, flags.session_present)
-        self._problem = None
-        self._last_error = None
+        was = self._problems.clear()
+        logger.info("connected to MQTT broker %s (session present: %s)%s", self.endpoint, flags.session_present,
+                    f" after: {was}" if was else "")
         info = client.publish(self.topics.status, encode_message(self._status()), qos=1, retain=True)
         with self._ack_cond:  # its PUBACK is handled later on this same thread: no race
             self._ignore_mids.add(info.mid)
@@ -478,7 +465,7 @@ class Publisher:
                      "add_edge.sh --client-cert makes them)" if "CERTIFICATE_REQUIRED" in name else
                      "rejected our client certificate — check that broker.tls_cert / tls_key were signed by the "
                      "broker's CA and are this box's")
-            self._report("refused:tls", logging.ERROR, f"TLS with MQTT broker {self.endpoint}: the broker {cause} "
+            self._problems.report("refused:tls", logging.ERROR, f"TLS with MQTT broker {self.endpoint}: the broker {cause} "
                          f"(TLS alert {name}); retrying with backoff")
         _paho_logger.log(py_level, text)
 
@@ -486,17 +473,17 @@ class Publisher:
         # paho calls this from inside its `except OSError:` block, so the exception is still in flight here
         exc = sys.exc_info()[1]
         if isinstance(exc, ssl.SSLCertVerificationError):
-            self._report("refused:tls", logging.ERROR,
+            self._problems.report("refused:tls", logging.ERROR,
                          f"TLS handshake with MQTT broker {self.endpoint} failed: the broker's certificate was not "
                          f"accepted ({exc.verify_message}) — check broker.tls_ca (the CA that signed the broker's "
                          "certificate) and that broker.host is a name in that certificate; retrying with backoff")
             return
         if isinstance(exc, ssl.SSLError):
-            self._report("refused:tls", logging.ERROR,
+            self._problems.report("refused:tls", logging.ERROR,
                          f"TLS handshake with MQTT broker {self.endpoint} failed: {exc.reason or exc} — is this a TLS "
                          "listener, and do broker.tls_cert / tls_key match what it requires? retrying with backoff")
             return
-        self._report("unreachable", logging.WARNING,
+        self._problems.report("unreachable", logging.WARNING,
                      f"cannot connect to MQTT broker {self.endpoint} (no listener, or network down); "
                      "retrying with backoff; messages stay in the outbox")
 
@@ -505,7 +492,7 @@ class Publisher:
         was_connected = self._connected.is_set()
         self._connected.clear()
         if was_connected and not self._stop.is_set():
-            self._report(f"lost:{reason}", logging.WARNING,
+            self._problems.report(f"lost:{reason}", logging.WARNING,
                          f"lost the connection to MQTT broker {self.endpoint}: {reason}; reconnecting, "
                          "messages stay in the outbox")
 

@@ -52,6 +52,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.problems import ProblemLog
 from edge.topics import Topics
 
 from .records import parse_message
@@ -168,9 +169,8 @@ class Intake:
         self._stop = threading.Event()
         self._enqueued = 0  # messages put in the queue (network thread)
         self._processed = 0  # of those, stored (or given up at stop) by the writer
-        self._problem: str | None = None
+        self._problems = ProblemLog(logger)
         self._refused: str | None = None
-        self._last_error: str | None = None
         self._sub_mid: int | None = None
         self._n = dict(received=0, stored=0, duplicates=0, invalid=0, evidence=0, evidence_duplicates=0, acked=0,
                        connections=0)
@@ -248,7 +248,7 @@ class Intake:
 
     @property
     def last_error(self) -> str | None:
-        return self._last_error
+        return self._problems.text
 
     def stats(self) -> IntakeStats:
         with self._n_lock:
@@ -257,7 +257,7 @@ class Intake:
                            invalid=n["invalid"], evidence=n["evidence"], evidence_duplicates=n["evidence_duplicates"],
                            acked=n["acked"], pending=self._enqueued - self._processed,
                            connected=self._connected.is_set(), subscribed=self._subscribed.is_set(),
-                           connections=n["connections"], last_error=self._last_error)
+                           connections=n["connections"], last_error=self._problems.text)
 
     # store queries, for tests and tools
     def events(self, edge_id: str | None = None, camera_id: str | None = None) -> list[EventRow]:
@@ -301,14 +301,14 @@ class Intake:
                     outcomes = self.store.ingest(records)
                     break
                 except Exception as e:  # the database itself failed: nothing acked, retry the batch
-                    self._report("store", logging.ERROR, f"intake: cannot store {len(batch)} messages: "
+                    self._problems.report("store", logging.ERROR, f"intake: cannot store {len(batch)} messages: "
                                  f"{type(e).__name__}: {e}; retrying in {delay:.1f} s (nothing acknowledged)")
                     if self._stop.wait(delay):
                         return  # not acknowledged: the broker sends them again next time
                     delay = min(delay * 2, 30.0)
             delay = 0.5
-            if self._problem == "store":
-                self._problem, self._last_error = None, None
+            if self._problems.key == "store":
+                self._problems.clear()
                 logger.info("intake: storing works again")
             self._count(outcomes, records)
             self._ack(batch)
@@ -336,14 +336,6 @@ class Intake:
             self._n["acked"] += acked
 
     # ------------------------------------------------------------------ paho callbacks (network thread)
-    def _report(self, key: str, level: int, text: str) -> None:
-        self._last_error = text
-        if key != self._problem:
-            self._problem = key
-            logger.log(level, text)
-        else:
-            logger.debug(text)
-
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode,
                     properties: Properties | None) -> None:
         if reason.is_failure:
@@ -352,7 +344,7 @@ class Intake:
                 hint = " — check the user name and password (--username-env, --password-env / --password-file)"
             text = f"MQTT broker {self.endpoint} refused the intake's login: {reason}{hint}"
             self._refused = text
-            self._report(f"refused:{reason.value}", logging.ERROR, text + "; retrying with backoff")
+            self._problems.report(f"refused:{reason.value}", logging.ERROR, text + "; retrying with backoff")
             return
         with self._conn_lock:
             self._gen += 1
@@ -360,9 +352,8 @@ class Intake:
         self._refused = None
         with self._n_lock:
             self._n["connections"] += 1
-        was = self._last_error if self._problem not in (None, "store") else None
-        if self._problem != "store":
-            self._problem, self._last_error = None, None
+        # a storage problem is not the broker's: it stays until a batch is stored again
+        was = self._problems.clear() if self._problems.key != "store" else None
         logger.info("intake connected to MQTT broker %s (session present: %s)%s", self.endpoint,
                     flags.session_present, f" after: {was}" if was else "")
         self._ever_connected.set()
@@ -375,13 +366,13 @@ class Intake:
                       properties: Properties | None) -> None:
         bad = [(t, r) for t, r in zip(self.topics, reasons) if r.is_failure]
         if bad:
-            self._report("subscribe", logging.ERROR, "MQTT broker %s refused the intake's subscription: %s" % (
+            self._problems.report("subscribe", logging.ERROR, "MQTT broker %s refused the intake's subscription: %s" % (
                 self.endpoint, "; ".join(f"{t}: {r} (0x{r.value:02X})" for t, r in bad)))
             return
         self._subscribed.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._report("unreachable", logging.WARNING, f"cannot connect to MQTT broker {self.endpoint} (no listener, "
+        self._problems.report("unreachable", logging.WARNING, f"cannot connect to MQTT broker {self.endpoint} (no listener, "
                      "TLS failure or network down); retrying with backoff")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags, reason: ReasonCode,
@@ -391,7 +382,7 @@ class Intake:
             self._connected.clear()
             self._subscribed.clear()
         if was and not self._stop.is_set():
-            self._report(f"lost:{reason}", logging.WARNING, f"intake lost the connection to MQTT broker "
+            self._problems.report(f"lost:{reason}", logging.WARNING, f"intake lost the connection to MQTT broker "
                          f"{self.endpoint}: {reason}; reconnecting (the session keeps what arrives meanwhile)")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
