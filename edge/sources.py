@@ -455,13 +455,13 @@ def open_source(camera: Camera) -> Source:
         "${" in url and expand_env(url, where).lower().startswith(_RTSP_SCHEMES))
     if live:
         kwargs = dict(open_timeout_s=camera.open_timeout_s, read_timeout_s=camera.read_timeout_s)
-        decoder = getattr(camera, "decoder", "auto")
+        decoder = camera.decoder
         if decoder == "pyav" or (decoder == "auto" and pyav_available()):
             if not pyav_available():
                 raise SourceError(f"camera {camera.id}: decoder: pyav, but PyAV is not installed (pip install av)")
             from edge.ingest import PyAvSource
 
             return PyAvSource(camera.id, url, camera.scan_interval_s,
-                              rtsp_client=getattr(camera, "rtsp_client", "auto"), **kwargs)
+                              rtsp_client=camera.rtsp_client, **kwargs)
         return RtspSource(camera.id, url, camera.scan_interval_s, **kwargs)
     return FileSource(camera.id, expand_env(url, where), camera.scan_interval_s)
