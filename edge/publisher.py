@@ -434,9 +434,10 @@ class Publisher:
                     properties: Properties | None) -> None:
         if reason.is_failure:
             self._connected.clear()
-            self._problems.report(f"refused:{reason.value}", logging.ERROR,
-                         f"MQTT broker {self.endpoint} refused the connection: {reason} "
-                         f"(user {self._user!r}, client id {self._client_id!r}){_hint(reason)}; retrying with backoff")
+            self._problems.report(
+                f"refused:{reason.value}", logging.ERROR,
+                f"MQTT broker {self.endpoint} refused the connection: {reason} "
+                f"(user {self._user!r}, client id {self._client_id!r}){_hint(reason)}; retrying with backoff")
             return
         was = self._problems.clear()
         logger.info("connected to MQTT broker %s (session present: %s)%s", self.endpoint, flags.session_present,
@@ -465,36 +466,41 @@ class Publisher:
                      "add_edge.sh --client-cert makes them)" if "CERTIFICATE_REQUIRED" in name else
                      "rejected our client certificate — check that broker.tls_cert / tls_key were signed by the "
                      "broker's CA and are this box's")
-            self._problems.report("refused:tls", logging.ERROR, f"TLS with MQTT broker {self.endpoint}: the broker {cause} "
-                         f"(TLS alert {name}); retrying with backoff")
+            self._problems.report(
+                "refused:tls", logging.ERROR, f"TLS with MQTT broker {self.endpoint}: the broker {cause} "
+                f"(TLS alert {name}); retrying with backoff")
         _paho_logger.log(py_level, text)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this from inside its `except OSError:` block, so the exception is still in flight here
         exc = sys.exc_info()[1]
         if isinstance(exc, ssl.SSLCertVerificationError):
-            self._problems.report("refused:tls", logging.ERROR,
-                         f"TLS handshake with MQTT broker {self.endpoint} failed: the broker's certificate was not "
-                         f"accepted ({exc.verify_message}) — check broker.tls_ca (the CA that signed the broker's "
-                         "certificate) and that broker.host is a name in that certificate; retrying with backoff")
+            self._problems.report(
+                "refused:tls", logging.ERROR,
+                f"TLS handshake with MQTT broker {self.endpoint} failed: the broker's certificate was not "
+                f"accepted ({exc.verify_message}) — check broker.tls_ca (the CA that signed the broker's "
+                "certificate) and that broker.host is a name in that certificate; retrying with backoff")
             return
         if isinstance(exc, ssl.SSLError):
-            self._problems.report("refused:tls", logging.ERROR,
-                         f"TLS handshake with MQTT broker {self.endpoint} failed: {exc.reason or exc} — is this a TLS "
-                         "listener, and do broker.tls_cert / tls_key match what it requires? retrying with backoff")
+            self._problems.report(
+                "refused:tls", logging.ERROR,
+                f"TLS handshake with MQTT broker {self.endpoint} failed: {exc.reason or exc} — is this a TLS "
+                "listener, and do broker.tls_cert / tls_key match what it requires? retrying with backoff")
             return
-        self._problems.report("unreachable", logging.WARNING,
-                     f"cannot connect to MQTT broker {self.endpoint} (no listener, or network down); "
-                     "retrying with backoff; messages stay in the outbox")
+        self._problems.report(
+            "unreachable", logging.WARNING,
+            f"cannot connect to MQTT broker {self.endpoint} (no listener, or network down); "
+            "retrying with backoff; messages stay in the outbox")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags, reason: ReasonCode,
                        properties: Properties | None) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
         if was_connected and not self._stop.is_set():
-            self._problems.report(f"lost:{reason}", logging.WARNING,
-                         f"lost the connection to MQTT broker {self.endpoint}: {reason}; reconnecting, "
-                         "messages stay in the outbox")
+            self._problems.report(
+                f"lost:{reason}", logging.WARNING,
+                f"lost the connection to MQTT broker {self.endpoint}: {reason}; reconnecting, "
+                "messages stay in the outbox")
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
                     properties: Properties | None) -> None:

@@ -301,8 +301,9 @@ class Intake:
                     outcomes = self.store.ingest(records)
                     break
                 except Exception as e:  # the database itself failed: nothing acked, retry the batch
-                    self._problems.report("store", logging.ERROR, f"intake: cannot store {len(batch)} messages: "
-                                 f"{type(e).__name__}: {e}; retrying in {delay:.1f} s (nothing acknowledged)")
+                    self._problems.report(
+                        "store", logging.ERROR, f"intake: cannot store {len(batch)} messages: "
+                        f"{type(e).__name__}: {e}; retrying in {delay:.1f} s (nothing acknowledged)")
                     if self._stop.wait(delay):
                         return  # not acknowledged: the broker sends them again next time
                     delay = min(delay * 2, 30.0)
@@ -366,14 +367,16 @@ class Intake:
                       properties: Properties | None) -> None:
         bad = [(t, r) for t, r in zip(self.topics, reasons) if r.is_failure]
         if bad:
-            self._problems.report("subscribe", logging.ERROR, "MQTT broker %s refused the intake's subscription: %s" % (
-                self.endpoint, "; ".join(f"{t}: {r} (0x{r.value:02X})" for t, r in bad)))
+            self._problems.report(
+                "subscribe", logging.ERROR, "MQTT broker %s refused the intake's subscription: %s" % (
+                    self.endpoint, "; ".join(f"{t}: {r} (0x{r.value:02X})" for t, r in bad)))
             return
         self._subscribed.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._problems.report("unreachable", logging.WARNING, f"cannot connect to MQTT broker {self.endpoint} (no listener, "
-                     "TLS failure or network down); retrying with backoff")
+        self._problems.report(
+            "unreachable", logging.WARNING, f"cannot connect to MQTT broker {self.endpoint} (no listener, "
+            "TLS failure or network down); retrying with backoff")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags, reason: ReasonCode,
                        properties: Properties | None) -> None:
@@ -382,8 +385,9 @@ class Intake:
             self._connected.clear()
             self._subscribed.clear()
         if was and not self._stop.is_set():
-            self._problems.report(f"lost:{reason}", logging.WARNING, f"intake lost the connection to MQTT broker "
-                         f"{self.endpoint}: {reason}; reconnecting (the session keeps what arrives meanwhile)")
+            self._problems.report(
+                f"lost:{reason}", logging.WARNING, f"intake lost the connection to MQTT broker "
+                f"{self.endpoint}: {reason}; reconnecting (the session keeps what arrives meanwhile)")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._enqueued += 1
