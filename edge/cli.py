@@ -64,6 +64,25 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average_weights(a: argparse.Namespace) -> int:
+    from .recipe import run_average
+
+    missing = [w for w in [*a.weights, a.data] if not Path(w).is_file()]
+    if missing:
+        print(f"error: not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        run_average(a, Progress)
+    except ImportError as e:
+        print(f"error: averaging needs the optional extra: pip install -e '.[train]' ({e})", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {Path(a.models_dir) / (a.name + '.onnx')} with its manifest and card")
+    return 0
+
+
 def cmd_measure_model(a: argparse.Namespace) -> int:
     from .recipe import measure_model, record_measurement
 
@@ -363,6 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float, default=0.08, help="share of the rendered images kept for val")
     s.add_argument("--model-version", default="1.0.0", help="version written to the manifest (messages carry it)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("average-weights", help="average checkpoints of one model (a stage and the one it continued "
+                       "from), then export, pick thresholds and measure it as `train` does")
+    s.add_argument("--weights", nargs="+", required=True, help="two or more .pt checkpoints of the same architecture")
+    s.add_argument("--data", required=True, help="dataset yaml whose val split the thresholds are chosen on")
+    s.add_argument("--out", default="runs/average", help="working directory (the averaged .pt, test sets)")
+    s.add_argument("--imgsz", type=int, default=416)
+    s.add_argument("--arch", default="yolov8n.yaml", help="recorded in the manifest")
+    s.add_argument("--name", default="cityops_det_n416", help="model name: writes models/<name>.onnx")
+    s.add_argument("--models-dir", default=str(ROOT / "models"))
+    s.add_argument("--model-version", default="1.0.0")
+    s.add_argument("--skip-measure", action="store_true")
+    s.add_argument("--test-images", type=int, default=300)
+    s.set_defaults(func=cmd_average_weights)
 
     s = sub.add_parser("measure-model", help="measure a model on data it never saw and rewrite its model card")
     s.add_argument("--model", default=str(DEFAULT_MODEL))

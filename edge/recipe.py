@@ -179,10 +179,14 @@ def write_card(model: Path, figures: dict[str, Any], recipe: dict[str, Any]) -> 
          f"[batch, 4+{len(man['classes'])}, N], no NMS in the graph (the runtime does it). The batch dimension is "
          "free (a box batches its cameras' frames); height and width are fixed, so ultralytics' `predict` needs "
          "`rect=False`.",
-         f"- Architecture: `{recipe.get('arch')}` trained from scratch (no pretrained weights), {recipe.get('epochs')} epochs, "
-         f"imgsz {recipe.get('imgsz')}, batch {recipe.get('batch')}, on {recipe.get('device')}; "
-         f"training took {recipe.get('train_minutes', '?')} min on {recipe.get('trained_on') or figures.get('machine')}.",
-         f"- Training data: {recipe.get('data_summary')}",
+         (f"- Architecture: `{recipe.get('arch')}` trained from scratch (no pretrained weights), imgsz {recipe.get('imgsz')}: "
+          f"the uniform average of the weights of {', '.join(f'`{w}`' for w in recipe['averaged_from'])} "
+          f"({recipe.get('average_note', 'checkpoints of one lineage')})."
+          if recipe.get("averaged_from") else
+          f"- Architecture: `{recipe.get('arch')}` trained from scratch (no pretrained weights), {recipe.get('epochs')} epochs, "
+          f"imgsz {recipe.get('imgsz')}, batch {recipe.get('batch')}, on {recipe.get('device')}; "
+          f"training took {recipe.get('train_minutes', '?')} min on {recipe.get('trained_on') or figures.get('machine')}."),
+         *([f"- Training data: {recipe.get('data_summary')}"] if recipe.get("data_summary") else []),
          *_stage_lines(recipe.get("previous_stage")),
          *([f"- Note: {recipe['note']}"] if recipe.get("note") else []),
          "- Real data credit: garbage-bag photos from the Roboflow export \"Trashbags - segmentation V1 + v2\" "
@@ -264,7 +268,7 @@ def _manifest_recipe(path: Path) -> dict[str, Any] | None:
 
 def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[int, int], None]]) -> dict[str, Any]:
     from .synth.dataset import write_dataset
-    from .train import export_onnx, train_yolo, write_manifest
+    from .train import train_yolo
 
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -280,8 +284,6 @@ def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[in
                       warmup_epochs=a.warmup_epochs, name=a.stage_name)
     minutes = round((time.monotonic() - t0) / 60, 1)
     models = Path(a.models_dir)
-    onnx_path = export_onnx(best, a.imgsz, models / f"{a.name}.onnx", out / ".ultralytics")
-    shutil.copyfile(best, models / f"{a.name}.pt")  # so a later stage can continue from the shipped weights
     import yaml
 
     meta = yaml.safe_load(data.read_text()).get("cityops", {})
@@ -303,20 +305,51 @@ def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[in
                             if a.init_weights else "") + (f" --lr0 {a.lr0}" if a.lr0 is not None else "")}
     if earlier:
         recipe["previous_stage"] = earlier
-    write_manifest(onnx_path, a.name, a.model_version, a.imgsz, {"recipe": recipe})
-    from .synth.dataset import negatives_dataset
+    return finish_model(best, data, out, a.name, a.model_version, a.imgsz, recipe, models, progress_cls,
+                        skip_measure=a.skip_measure, test_images=a.test_images)
 
+
+def run_average(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[int, int], None]]) -> dict[str, Any]:
+    """`average-weights`: average checkpoints, then finish the result exactly as `train` finishes its own."""
+    from .train import average_checkpoints
+
+    out = Path(a.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    # the average lives in the work dir: an export writes its .onnx beside the .pt, never beside the shipped one
+    best = average_checkpoints([Path(w) for w in a.weights], out / "averaged.pt", out / ".ultralytics")
+    models = Path(a.models_dir)
+    recipe: dict[str, Any] = {"arch": a.arch, "imgsz": a.imgsz, "averaged_from": list(a.weights),
+                              "command": f"python run_edge.py average-weights --weights {' '.join(a.weights)} "
+                                         f"--data {a.data} --model-version {a.model_version}"}
+    earlier = _manifest_recipe(models / f"{a.name}.manifest.json")
+    if earlier:
+        recipe["previous_stage"] = earlier
+    return finish_model(best, Path(a.data).resolve(), out, a.name, a.model_version, a.imgsz, recipe, models,
+                        progress_cls, skip_measure=a.skip_measure, test_images=a.test_images)
+
+
+def finish_model(best: Path, data: Path, out: Path, name: str, version: str, imgsz: int, recipe: dict[str, Any],
+                 models: Path, progress_cls: Callable[[str], Callable[[int, int], None]], skip_measure: bool = False,
+                 test_images: int = TEST_IMAGES) -> dict[str, Any]:
+    """A checkpoint → the shipped artefacts: ONNX, the .pt a later stage continues from, manifest with thresholds
+    chosen on `data`'s val split and the calibration negatives, and (unless skipped) the measured model card."""
+    from .synth.dataset import negatives_dataset
+    from .train import export_onnx, write_manifest
+
+    onnx_path = export_onnx(best, imgsz, models / f"{name}.onnx", out / ".ultralytics")
+    shutil.copyfile(best, models / f"{name}.pt")  # so a later stage can continue from the shipped weights
+    write_manifest(onnx_path, name, version, imgsz, {"recipe": recipe})
     calib = out / "calib_negatives" / "data.yaml"
     if not calib.exists():
         negatives_dataset(calib.parent, 300, CALIB_SEED_NEG, 640, progress=progress_cls("rendering calibration negatives"))
     thresholds = choose_thresholds(onnx_path, data, negatives_yaml=calib)
-    write_manifest(onnx_path, a.name, a.model_version, a.imgsz,
-                   {"recipe": recipe, "thresholds_from": "max F1 on the training set's val split, raised to keep "
+    write_manifest(onnx_path, name, version, imgsz,
+                   {"recipe": recipe, "thresholds_from": "max F1 on the val split of the training data (or of --data), raised to keep "
                     f"<= {FP_BUDGET_PER_100} alarms per 100 calibration negatives (seed {CALIB_SEED_NEG}) per class"},
                    thresholds)
     log.info("thresholds %s", thresholds)
-    if a.skip_measure:
+    if skip_measure:
         return {"recipe": recipe}
-    figures = measure_model(onnx_path, out / "measure", progress_cls, a.test_images, a.test_images)
+    figures = measure_model(onnx_path, out / "measure", progress_cls, test_images, test_images)
     record_measurement(onnx_path, figures)
     return {"recipe": recipe, "figures": figures}
