@@ -120,7 +120,7 @@ def measure_model(model: Path, work: Path, progress_cls: Callable[[str], Callabl
     synth = work / "test_synth" / "data.yaml"
     if not synth.exists():
         write_dataset(synth.parent, test_images, TEST_SEED_SYNTH, 640, val_fraction=1.0, real_bag_share=0.0,
-                      photo_bg_share=0.0, progress=prog("rendering synthetic test set"))
+                      photo_bg_share=0.0, edge_vehicle_share=0.0, progress=prog("rendering synthetic test set"))
     t0 = time.monotonic()
     figures["synthetic_test"] = evaluate(model, synth, progress=prog("evaluating synthetic test set"))
     figures["synthetic_test"]["seed"] = TEST_SEED_SYNTH
@@ -293,7 +293,8 @@ def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[in
               "train_minutes": minutes, "data_seed": meta.get("seed", a.seed), "data_images": meta.get("images"),
               "data_summary": f"{meta.get('images')} images rendered by `synth-dataset --seed {meta.get('seed')}` "
                               "(~77 % rendered streets, 15 % real bag photos, 8 % real road frames with pasted objects; "
-                              "~15 % of the rendered streets hold hard negatives only)",
+                              "~15 % of the rendered streets hold hard negatives only, about a quarter have a vehicle "
+                              "cut by the frame edge)",
               "lr0": a.lr0 if a.lr0 is not None else "auto (AdamW 0.001)",
               "command": "python run_edge.py train "
                          + (f"--data {a.data} " if a.data else f"--images {meta.get('images', a.images)} --seed {meta.get('seed', a.seed)} "

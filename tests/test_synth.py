@@ -101,3 +101,46 @@ def test_a_pile_alone_is_labelled_fully_visible(kind):
         labels = draw_things(scene, img, [pile], [])
         assert [lb.cls for lb in labels] == [kind], seed
         assert labels[0].visible > 0.99, (seed, labels[0].visible)
+
+
+def test_edge_vehicles_are_cut_by_the_frame_and_keep_the_labels_right():
+    """Half a car at the frame's edge is a hard negative real footage is full of; it must really be half in view,
+    and it must not upset the labels of the scene's incidents."""
+    from edge.synth.scene import add_edge_vehicles
+
+    with_vehicles = 0
+    for seed in range(12):
+        scene = sample_scene(2000 + seed, 640, 384, n_incidents=3)
+        before = len(scene.things)
+        added = add_edge_vehicles(scene, np.random.default_rng(seed), 2)
+        assert scene.things[before:] == added
+        if not added:  # an alley or a plaza whose carriageway does not reach the edge of the view
+            continue
+        with_vehicles += 1
+        cam = scene.camera
+        for t in added:
+            assert t.kind in ("car", "van", "truck") and t.cls is None
+            (u, v), = cam.project(np.array([[t.x, t.y, 0.0]]))[0]
+            assert u < 0 or u > cam.width or v > cam.height, (t, u, v)  # its middle is out of the frame
+        img, labels = render(scene)
+        h, w = img.shape[:2]
+        assert all(0 <= lb.xyxy[0] < lb.xyxy[2] <= w and 0 <= lb.xyxy[1] < lb.xyxy[3] <= h for lb in labels)
+        # and part of it is in the frame: the scene without it renders differently
+        assert not np.array_equal(render(sample_scene(2000 + seed, 640, 384, n_incidents=3))[0], img), seed
+    assert with_vehicles >= 6  # the others: alleys, plazas, roads that do not reach the edge of the view
+
+
+def test_test_sets_do_not_change_with_edge_vehicles(tmp_path):
+    """Training sets get edge vehicles; a test set (share 0) must stay byte-identical to what earlier models were
+    measured on, and a training set must differ only by them."""
+    a = write_dataset(tmp_path / "a", 6, seed=90001, imgsz=320, workers=1, edge_vehicle_share=0.0,
+                      real_bag_share=0.0, photo_bg_share=0.0).parent
+    b = write_dataset(tmp_path / "b", 6, seed=90001, imgsz=320, workers=1, edge_vehicle_share=1.0,
+                      real_bag_share=0.0, photo_bg_share=0.0).parent
+    da, db = _digest(a), _digest(b)
+    assert da.keys() == db.keys() and da != db
+    metas = [json.loads(p.read_text()) for p in sorted((b / "meta").rglob("*.json"))]
+    base = [json.loads(p.read_text()) for p in sorted((a / "meta").rglob("*.json"))]
+    for m, m0 in zip(metas, base):
+        assert m["scene_seed"] == m0["scene_seed"] and m["things"][:len(m0["things"])] == m0["things"]
+    assert sum(len(m["things"]) > len(m0["things"]) for m, m0 in zip(metas, base)) >= 3

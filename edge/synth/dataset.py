@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from . import realdata
-from .scene import CLASSES, Scene, render, sample_camera, sample_scene, sample_things
+from .scene import CLASSES, Scene, add_edge_vehicles, render, sample_camera, sample_scene, sample_things
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 REAL_BAG_SHARE = 0.15
 PHOTO_BG_SHARE = 0.08
 NEGATIVE_ONLY_SHARE = 0.15
+# share of rendered training streets offered one or two vehicles cut by the frame edge (about half of them have a
+# carriageway that reaches the edge of the view and get one; test sets: none)
+EDGE_VEHICLE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Job:
     out: str
     real_share: float = REAL_BAG_SHARE
     photo_share: float = PHOTO_BG_SHARE
+    edge_vehicle_share: float = 0.0
 
 
 _STATE: dict = {}  # per worker process: cut-outs and frames, loaded once (not shared between processes)
@@ -99,6 +103,10 @@ def make_image(job: Job) -> int:
     else:
         n_inc = 0 if rng.random() < NEGATIVE_ONLY_SHARE / (1 - REAL_BAG_SHARE - PHOTO_BG_SHARE) else None
         scene = sample_scene(scene_seed, job.width, height, n_incidents=n_inc)
+        if job.edge_vehicle_share > 0:  # its own generator: images without them are unchanged
+            erng = np.random.default_rng(np.random.SeedSequence([job.seed, job.index, 1]))
+            if erng.random() < job.edge_vehicle_share:
+                add_edge_vehicles(scene, erng, int(erng.integers(1, 3)))
         img, labels = render(scene, cutouts)
         source = "synthetic"
     rows = [(CLASSES.index(lb.cls), *lb.xyxy) for lb in labels]
@@ -113,13 +121,15 @@ def make_image(job: Job) -> int:
 
 def write_dataset(out: Path, images: int, seed: int, imgsz: int = 640, val_fraction: float = 0.1,
                   workers: int = 2, progress: Callable[[int, int], None] | None = None,
-                  real_bag_share: float = REAL_BAG_SHARE, photo_bg_share: float = PHOTO_BG_SHARE) -> Path:
+                  real_bag_share: float = REAL_BAG_SHARE, photo_bg_share: float = PHOTO_BG_SHARE,
+                  edge_vehicle_share: float = EDGE_VEHICLE_SHARE) -> Path:
     """Write `images` images (the last `val_fraction` as the val split) and `out/data.yaml`. Test sets pass
-    zero shares so that they hold rendered streets only (real photos and frames belong to training)."""
+    zero shares so that they hold rendered streets only (real photos and frames belong to training), and the
+    same streets as before edge vehicles existed."""
     out = Path(out).resolve()
     n_val = min(images, max(1, int(round(images * val_fraction)))) if images > 1 else 0
-    jobs = [Job(i, seed, "val" if i >= images - n_val else "train", imgsz, str(out), real_bag_share, photo_bg_share)
-            for i in range(images)]
+    jobs = [Job(i, seed, "val" if i >= images - n_val else "train", imgsz, str(out), real_bag_share, photo_bg_share,
+                edge_vehicle_share) for i in range(images)]
     for split in ("train", "val"):
         for sub in ("images", "labels", "meta"):
             (out / sub / split).mkdir(parents=True, exist_ok=True)
@@ -138,7 +148,8 @@ def write_dataset(out: Path, images: int, seed: int, imgsz: int = 640, val_fract
                 if progress:
                     progress(k, len(jobs))
     data = {"path": str(out), "train": "images/train", "val": "images/val", "names": dict(enumerate(CLASSES)),
-            "cityops": {"seed": seed, "images": images, "imgsz": imgsz, "labels": counts}}
+            "cityops": {"seed": seed, "images": images, "imgsz": imgsz, "labels": counts,
+                        "edge_vehicle_share": edge_vehicle_share}}
     (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     log.info("dataset %s: %d images, %d labels", out, images, counts)
     return out / "data.yaml"

@@ -137,6 +137,61 @@ def sample_things(rng: np.random.Generator, scene: Scene, n_incidents: int, n_ne
     return things
 
 
+VEHICLES = ("car", "van", "truck")
+
+
+def add_edge_vehicles(scene: Scene, rng: np.random.Generator, n: int) -> list[Thing]:
+    """Vehicles on the carriageway whose middle lies just outside the frame, so only their front or back shows.
+
+    Real footage is full of them (a car driving in or out of view); the fully visible cars of the other
+    negatives did not teach the model that half a car is still no garbage pile (real road clips: cut-off cars
+    read as garbage_pile at 0.74-0.86). Added to a scene after sampling, with their own generator, so that
+    scenes rendered without them stay byte-identical."""
+    cam = scene.camera
+    w, h = cam.width, cam.height
+    hv = max(cam.horizon_v() + 0.06 * h, 0)
+    foot = [(t.x, t.y, t.size / 2 + 1.2) for t in scene.things]
+    added: list[Thing] = []
+    for _ in range(n):
+        for _ in range(60):
+            side = int(rng.integers(3))
+            if side == 2:  # below the frame: the camera looks down on a vehicle passing under it
+                u, v = rng.uniform(0.1 * w, 0.9 * w), rng.uniform(1.0 * h, 1.12 * h)
+            else:
+                u = rng.uniform(-0.12 * w, -0.01 * w) if side == 0 else rng.uniform(1.01 * w, 1.12 * w)
+                v = rng.uniform(hv + (h - hv) * 0.2, h * 1.05)
+            xy = cam.image_to_ground(np.array([[u, v]]))[0]
+            if not np.isfinite(xy).all() or not 2.0 < float(cam.ground_distance(xy)) < 45.0:
+                continue
+            if scene.layout != "plaza" and int(region_at(scene, xy[0])) != 0:
+                continue
+            kind = VEHICLES[int(rng.integers(len(VEHICLES)))]
+            size = SIZE_M[kind][0]
+            if size / float(cam.metres_per_pixel(xy[None])[0]) > w * 0.8:
+                continue
+            r = size / 2 + 1.2
+            if any(math.hypot(xy[0] - fx, xy[1] - fy) < r + fr for fx, fy, fr in foot):
+                continue
+            yaw = 0.0 if rng.random() < 0.8 else math.pi / 2
+            # it must straddle the edge: part of its body (a little inside its real box, ground to roof) in the
+            # frame, part not; box axes as objects.box_faces lays them: width along yaw, length across
+            hw, hl = {"car": 0.8, "van": 0.9, "truck": 1.0}[kind], 0.45 * size
+            c, sn = math.cos(yaw), math.sin(yaw)
+            body = np.array([[xy[0] + a * hw * c - b * hl * sn, xy[1] + a * hw * sn + b * hl * c, z]
+                             for a in (-1, 0, 1) for b in (-1, 0, 1) for z in (0.0, 1.2)])
+            uv, depth = cam.project(body)
+            inside = (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+            # (the renderer drops a body that reaches behind the camera: such a vehicle would not show at all)
+            if (depth <= 0.5).any() or inside.sum() < 2 or inside.all():
+                continue
+            t = Thing(len(scene.things), kind, None, float(xy[0]), float(xy[1]), size, int(rng.integers(2**31)), yaw)
+            scene.things.append(t)
+            added.append(t)
+            foot.append((t.x, t.y, r))
+            break
+    return added
+
+
 def sample_scene(seed: int, width: int = 640, height: int = 384, n_incidents: int | None = None,
                  n_negatives: int | None = None, classes: list[str] | None = None) -> Scene:
     rng = np.random.default_rng(seed)
