@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edge.geo import lonlat_to_local
 from edge.messages import validate_message
 from fixtures_mqtt import Mosquitto, Subscriber
 from fixtures_rtsp import RtspServer, rtsp_unavailable
@@ -86,15 +87,11 @@ def incident_messages(sub: Subscriber) -> list[dict]:
     return out
 
 
-def ground_m(a: dict, b: dict) -> float:
-    """Metres between two lon/lat points (equirectangular: fine over a street)."""
-    lat = math.radians((a["lat"] + b["lat"]) / 2)
-    return 6_371_000.0 * math.hypot(math.radians(a["lon"] - b["lon"]) * math.cos(lat), math.radians(a["lat"] - b["lat"]))
-
-
 def truth_of(msg: dict, truth: dict) -> list[str]:
-    """The true incidents a report is about: same class, within MATCH_M on the ground."""
-    return [t["id"] for t in truth["incidents"] if t["class"] == msg["class"] and ground_m(msg, t) <= MATCH_M]
+    """The true incidents a report is about: same class, within MATCH_M on the ground (the project's own
+    lon/lat → local metres step, anchored at the true incident)."""
+    return [t["id"] for t in truth["incidents"]
+            if t["class"] == msg["class"] and math.hypot(*lonlat_to_local(msg["lon"], msg["lat"], t)) <= MATCH_M]
 
 
 def test_rtsp_to_mqtt_survives_sigkill_without_repeats_or_losses(tmp_path):

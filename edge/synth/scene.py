@@ -17,6 +17,7 @@ CLASSES = ["manhole_cover", "manhole_open", "ponding", "garbage_pile", "material
 # vans and box trucks stand in for the parked vehicles a structure detector must not take for a shed
 NEGATIVES = ["grate", "painted", "oil", "repair", "wet", "shadow_tree", "car", "pedestrian", "bin", "cart", "tree",
              "van", "truck"]
+VEHICLES = ("car", "van", "truck")
 FLAT = {"manhole_cover", "manhole_open", "ponding", "grate", "painted", "oil", "repair", "wet", "shadow_tree"}
 LIGHTING = ["day", "day", "day", "overcast", "overcast", "dusk", "night", "rain", "wet"]
 
@@ -89,6 +90,11 @@ def _visible_ground_sample(rng: np.random.Generator, cam: PoleCamera, n: int) ->
     return cam.image_to_ground(np.column_stack([u, v]))
 
 
+def _clear_of(xy: np.ndarray, r: float, foot: list[tuple[float, float, float]]) -> bool:
+    """Whether a footprint of radius `r` at ground `xy` keeps clear of every (x, y, radius) already placed."""
+    return not any(math.hypot(xy[0] - fx, xy[1] - fy) < r + fr for fx, fy, fr in foot)
+
+
 def sample_things(rng: np.random.Generator, scene: Scene, n_incidents: int, n_negatives: int,
                   classes: list[str] | None = None, max_dist: float = 60.0) -> list[Thing]:
     """Place incidents and negatives where they are visible, big enough to learn, not overlapping, and on
@@ -109,7 +115,7 @@ def sample_things(rng: np.random.Generator, scene: Scene, n_incidents: int, n_ne
                 continue
             if kind in ("illegal_structure", "garbage_pile", "material_pile") and reg == 3 and scene.layout != "plaza":
                 continue
-            if kind in ("car", "van", "truck") and reg not in (0,):
+            if kind in VEHICLES and reg not in (0,):
                 continue
             if reg == 3 and scene.layout == "alley":
                 continue
@@ -118,10 +124,10 @@ def sample_things(rng: np.random.Generator, scene: Scene, n_incidents: int, n_ne
                 continue
             if size / mpp > cam.width * 0.6:
                 continue
-            r = size / 2 + (1.2 if kind in ("car", "van", "truck", "illegal_structure") else 0.3)
-            if any(math.hypot(xy[0] - fx, xy[1] - fy) < r + fr for fx, fy, fr in foot):
+            r = size / 2 + (1.2 if kind in (*VEHICLES, "illegal_structure") else 0.3)
+            if not _clear_of(xy, r, foot):
                 continue
-            yaw = (float(rng.uniform(0, 2 * math.pi)) if kind not in ("car", "van", "truck")
+            yaw = (float(rng.uniform(0, 2 * math.pi)) if kind not in VEHICLES
                    else (0.0 if rng.random() < 0.8 else math.pi / 2))
             things.append(Thing(len(things), kind, cls, float(xy[0]), float(xy[1]), size, int(rng.integers(2**31)), yaw))
             foot.append((float(xy[0]), float(xy[1]), r))
@@ -135,9 +141,6 @@ def sample_things(rng: np.random.Generator, scene: Scene, n_incidents: int, n_ne
         k = NEGATIVES[rng.integers(len(NEGATIVES))]
         place(k, None)
     return things
-
-
-VEHICLES = ("car", "van", "truck")
 
 
 def add_edge_vehicles(scene: Scene, rng: np.random.Generator, n: int) -> list[Thing]:
@@ -170,7 +173,7 @@ def add_edge_vehicles(scene: Scene, rng: np.random.Generator, n: int) -> list[Th
             if size / float(cam.metres_per_pixel(xy[None])[0]) > w * 0.8:
                 continue
             r = size / 2 + 1.2
-            if any(math.hypot(xy[0] - fx, xy[1] - fy) < r + fr for fx, fy, fr in foot):
+            if not _clear_of(xy, r, foot):
                 continue
             yaw = 0.0 if rng.random() < 0.8 else math.pi / 2
             # it must straddle the edge: part of its body (a little inside its real box, ground to roof) in the
