@@ -305,8 +305,12 @@ def child_baseline(a: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from edge.manifest import load_manifest, manifest_path_for
+
+    spec = load_manifest(manifest_path_for(a.model), verify_sha256=False).input
+    hw = (spec.height, spec.width)  # the model's fixed input, as ours letterboxes to it
     model = YOLO(str(a.model), task="detect")
-    model.predict(np.zeros((SIZE[1], SIZE[0], 3), np.uint8), imgsz=416, device="cpu", verbose=False, rect=False)  # as ours
+    model.predict(np.zeros((SIZE[1], SIZE[0], 3), np.uint8), imgsz=hw, device="cpu", verbose=False, rect=False)
     scans: list[tuple[float, float]] = []
     marks: dict[str, float] = {}
 
@@ -318,7 +322,7 @@ def child_baseline(a: argparse.Namespace) -> int:
     t_warm = t_end = None  # from the first result on: ultralytics opens the streams one after the other first
     warm_done = False
     stride = max(1, round(FPS * a.scan_interval))
-    for r in model.predict(source=a.streams, stream=True, vid_stride=stride, imgsz=416, device="cpu", rect=False,
+    for r in model.predict(source=a.streams, stream=True, vid_stride=stride, imgsz=hw, device="cpu", rect=False,
                            verbose=False):
         now = time.time()
         with lock:

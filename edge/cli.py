@@ -53,6 +53,17 @@ def cmd_synth_scenario(a: argparse.Namespace) -> int:
     return 0
 
 
+def input_shape(text: str) -> tuple[int, int]:
+    """`--input HxW` (e.g. 320x512): the exported model's fixed input, each side a multiple of the stride 32."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not HEIGHTxWIDTH, e.g. 320x512") from None
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise argparse.ArgumentTypeError(f"'{text}': height and width must be positive multiples of 32")
+    return h, w
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .recipe import run_recipe
 
@@ -362,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", type=int, default=3000)
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--epochs", type=int, default=25)
-    s.add_argument("--imgsz", type=int, default=416)
+    s.add_argument("--imgsz", type=int, default=416, help="square training size")
+    s.add_argument("--input", type=input_shape, metavar="HxW", help="the exported model's input, e.g. 320x512 for 16:9 "
+                   "cameras (default: imgsz x imgsz)")
     s.add_argument("--batch", type=int, default=16)
     s.add_argument("--hours", type=float, help="wall-time cap; the epoch count and LR schedule are fitted to it")
     s.add_argument("--init-weights", help="continue from our own earlier checkpoint (a second stage); never downloads")
@@ -388,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", nargs="+", required=True, help="two or more .pt checkpoints of the same architecture")
     s.add_argument("--data", required=True, help="dataset yaml whose val split the thresholds are chosen on")
     s.add_argument("--out", default="runs/average", help="working directory (the averaged .pt, test sets)")
-    s.add_argument("--imgsz", type=int, default=416)
+    s.add_argument("--imgsz", type=int, default=416, help="the size the checkpoints were trained at (recorded)")
+    s.add_argument("--input", type=input_shape, metavar="HxW", help="the exported model's input (default: imgsz x imgsz)")
     s.add_argument("--arch", default="yolov8n.yaml", help="recorded in the manifest")
     s.add_argument("--name", default="cityops_det_n416", help="model name: writes models/<name>.onnx")
     s.add_argument("--models-dir", default=str(ROOT / "models"))

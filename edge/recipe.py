@@ -229,9 +229,10 @@ def write_card(model: Path, figures: dict[str, Any], recipe: dict[str, Any]) -> 
           "- Trained on rendered scenes plus a few hundred real bag photos: the domain gap to real CCTV is real. "
           "Ponding, material piles and makeshift structures have never been seen in a real photo by this model. "
           "Retrain on your own city's frames with the same recipe (`--data your.yaml`) before trusting it.",
-          "- Small far objects: at 416 px input a manhole 40 m from a 1080p camera is a few pixels; use zone crops.",
+          f"- Small far objects: at a {man['input']['width']}x{man['input']['height']} input a manhole 40 m from a 1080p "
+          "camera is a few pixels; use zone crops.",
           "", "## Reproduce", "", "```", recipe.get("command", ""), "```",
-          "On a GPU: `python run_edge.py train --device 0 --workers 8 --imgsz 640 --epochs 150 --images 20000` "
+          "On a GPU: `python run_edge.py train --device 0 --workers 8 --imgsz 640 --input 384x640 --epochs 150 --images 20000` "
           "(see README)."]
     card = model.with_suffix(".md")
     card.write_text("\n".join(L) + "\n")
@@ -302,11 +303,12 @@ def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[in
                             + (f"--val-fraction {a.val_fraction} " if a.val_fraction != 0.08 else ""))
                          + (f"--device {a.device} --workers {a.workers} --batch {a.batch} " if a.device != "cpu" else "")
                          + f"--epochs {a.epochs} --imgsz {a.imgsz} --arch {a.arch}" + (f" --hours {a.hours}" if a.hours else "")
+                         + (f" --input {a.input[0]}x{a.input[1]}" if a.input else "")
                          + (f" --init-weights {a.init_weights} --warmup-epochs {a.warmup_epochs} --stage-name {a.stage_name}"
                             if a.init_weights else "") + (f" --lr0 {a.lr0}" if a.lr0 is not None else "")}
     if earlier:
         recipe["previous_stage"] = earlier
-    return finish_model(best, data, out, a.name, a.model_version, a.imgsz, recipe, models, progress_cls,
+    return finish_model(best, data, out, a.name, a.model_version, _input_hw(a), recipe, models, progress_cls,
                         skip_measure=a.skip_measure, test_images=a.test_images)
 
 
@@ -321,15 +323,20 @@ def run_average(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[i
     models = Path(a.models_dir)
     recipe: dict[str, Any] = {"arch": a.arch, "imgsz": a.imgsz, "averaged_from": list(a.weights),
                               "command": f"python run_edge.py average-weights --weights {' '.join(a.weights)} "
-                                         f"--data {a.data} --model-version {a.model_version}"}
+                                         f"--data {a.data} --model-version {a.model_version} --imgsz {a.imgsz}"
+                                         + (f" --input {a.input[0]}x{a.input[1]}" if a.input else "")}
     earlier = _manifest_recipe(models / f"{a.name}.manifest.json")
     if earlier:
         recipe["previous_stage"] = earlier
-    return finish_model(best, Path(a.data).resolve(), out, a.name, a.model_version, a.imgsz, recipe, models,
+    return finish_model(best, Path(a.data).resolve(), out, a.name, a.model_version, _input_hw(a), recipe, models,
                         progress_cls, skip_measure=a.skip_measure, test_images=a.test_images)
 
 
-def finish_model(best: Path, data: Path, out: Path, name: str, version: str, imgsz: int, recipe: dict[str, Any],
+def _input_hw(a: argparse.Namespace) -> tuple[int, int]:
+    return tuple(a.input) if a.input else (a.imgsz, a.imgsz)  # type: ignore[return-value]
+
+
+def finish_model(best: Path, data: Path, out: Path, name: str, version: str, input_hw: tuple[int, int], recipe: dict[str, Any],
                  models: Path, progress_cls: Callable[[str], Callable[[int, int], None]], skip_measure: bool = False,
                  test_images: int = TEST_IMAGES) -> dict[str, Any]:
     """A checkpoint → the shipped artefacts: ONNX, the .pt a later stage continues from, manifest with thresholds
@@ -337,14 +344,14 @@ def finish_model(best: Path, data: Path, out: Path, name: str, version: str, img
     from .synth.dataset import negatives_dataset
     from .train import export_onnx, write_manifest
 
-    onnx_path = export_onnx(best, imgsz, models / f"{name}.onnx", out / ".ultralytics")
+    onnx_path = export_onnx(best, input_hw, models / f"{name}.onnx", out / ".ultralytics")
     shutil.copyfile(best, models / f"{name}.pt")  # so a later stage can continue from the shipped weights
-    write_manifest(onnx_path, name, version, imgsz, {"recipe": recipe})
+    write_manifest(onnx_path, name, version, input_hw, {"recipe": recipe})
     calib = out / "calib_negatives" / "data.yaml"
     if not calib.exists():
         negatives_dataset(calib.parent, 300, CALIB_SEED_NEG, 640, progress=progress_cls("rendering calibration negatives"))
     thresholds = choose_thresholds(onnx_path, data, negatives_yaml=calib)
-    write_manifest(onnx_path, name, version, imgsz,
+    write_manifest(onnx_path, name, version, input_hw,
                    {"recipe": recipe, "thresholds_from": "max F1 on the val split of the training data (or of --data), raised to keep "
                     f"<= {FP_BUDGET_PER_100} alarms per 100 calibration negatives (seed {CALIB_SEED_NEG}) per class"},
                    thresholds)

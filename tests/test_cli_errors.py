@@ -50,6 +50,16 @@ def test_wrong_model_path(tmp_path):
     assert "nope" in line and "manifest" in line
 
 
+@pytest.mark.parametrize("shape", ["300x500", "320", "320x0", "axb"])
+def test_train_refuses_an_input_shape_the_network_cannot_take(shape):
+    """The exported input must be HxW in multiples of the stride 32; caught before any rendering or training."""
+    for cmd in (["train", "--input", shape], ["average-weights", "--weights", "a.pt", "b.pt", "--data", "d.yaml",
+                                               "--input", shape]):
+        r = cli(*cmd)
+        assert r.returncode == 2
+        assert "--input" in r.stderr and shape in r.stderr and "Traceback" not in r.stderr
+
+
 def test_malformed_yaml_names_file_and_line(tmp_path):
     p = tmp_path / "site.yaml"
     p.write_text("edge_id: e1\ncameras:\n  - id: c1\n    url: [unclosed\n")

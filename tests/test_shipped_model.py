@@ -62,8 +62,8 @@ def test_our_inference_agrees_with_ultralytics(shipped_model):
     for img in _frames(6):
         a = ours.detect(img, conf=0.25)
         # rect=False: the batch dimension is free, so ultralytics takes the model for a dynamic-shape one and would
-        # feed it a minimal-padding 256x416 input; height and width are fixed at 416
-        r = theirs.predict(img, imgsz=ours.manifest.input.width, conf=0.25, iou=ours.manifest.nms_iou, verbose=False,
+        # feed it a minimal-padding input; height and width are fixed at the manifest's
+        r = theirs.predict(img, imgsz=(ours.manifest.input.height, ours.manifest.input.width), conf=0.25, iou=ours.manifest.nms_iou, verbose=False,
                            device="cpu", rect=False)[0]
         b_xyxy = r.boxes.xyxy.cpu().numpy()
         b_cls = r.boxes.cls.cpu().numpy().astype(int)

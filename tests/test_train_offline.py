@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("ultralytics", reason="needs the 'train' extra (CI installs it)")
@@ -37,8 +38,8 @@ GUARD = textwrap.dedent(
     out = Path(sys.argv[1])
     data = write_dataset(out / "data", 8, seed=3, imgsz=320, workers=1)
     best = train_yolo(data, out, epochs=1, imgsz=160, batch=4)
-    onnx = export_onnx(best, 160, out / "m.onnx", out / ".ultralytics")
-    write_manifest(onnx, "m", "0", 160, {})
+    onnx = export_onnx(best, (128, 160), out / "m.onnx", out / ".ultralytics")
+    write_manifest(onnx, "m", "0", (128, 160), {})
     print("ATTEMPTS " + json.dumps(attempts))
     """
 )
@@ -58,3 +59,6 @@ def test_training_and_export_make_no_network_attempt(tmp_path: Path):
 
     det = Detector(tmp_path / "m.onnx")
     assert det.class_names[0] == "manhole_cover"
+    # exported at another (rectangular) shape than trained at, and the manifest says so
+    assert (det.manifest.input.height, det.manifest.input.width) == (128, 160)
+    assert len(det.detect(np.zeros((360, 640, 3), np.uint8), conf=0.0)) >= 0
