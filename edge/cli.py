@@ -65,12 +65,22 @@ def input_shape(text: str) -> tuple[int, int]:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    import yaml
+
     from .recipe import run_recipe
 
+    # checked before anything is rendered or trained: an hour's run must not end on a typo
+    missing = [f for f in (a.data, a.init_weights) if f and not Path(f).is_file()]
+    if missing:
+        print(f"error: not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
     try:
         run_recipe(a, Progress)
     except ImportError as e:
         print(f"error: training needs the optional extra: pip install -e '.[train]' ({e})", file=sys.stderr)
+        return 2
+    except (ValueError, yaml.YAMLError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 

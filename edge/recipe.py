@@ -267,6 +267,27 @@ def _manifest_recipe(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def data_summary(data_yaml: Path) -> str:
+    """The model card's line on the training data, from what `write_dataset` recorded in the dataset (sets written
+    before the shares were recorded used the defaults); a user's own dataset records nothing and says so."""
+    from .synth import dataset as ds
+    import yaml
+
+    meta = (yaml.safe_load(Path(data_yaml).read_text()) or {}).get("cityops")
+    if not meta:
+        n = len(load_dataset_split(data_yaml, "train").images)
+        return f"`{data_yaml}`: a dataset not rendered by this project, {n} training images"
+    bag = meta.get("real_bag_share", ds.REAL_BAG_SHARE)
+    photo = meta.get("photo_bg_share", ds.PHOTO_BG_SHARE)
+    neg = meta.get("negative_only_share", ds.NEGATIVE_ONLY_SHARE)
+    edge = meta.get("edge_vehicle_share", 0.0)
+    return (f"{meta.get('images')} images rendered by `synth-dataset --seed {meta.get('seed')} --imgsz {meta.get('imgsz')}` "
+            f"(~{1 - bag - photo:.0%} rendered streets, {bag:.0%} real bag photos, {photo:.0%} real road frames with pasted "
+            f"objects; ~{neg:.0%} of all images hold hard negatives only"
+            + (f"; {edge:.0%} of the rendered streets were offered a vehicle cut by the frame edge, about half of them "
+               "have a carriageway reaching it)" if edge else ")"))
+
+
 def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[int, int], None]]) -> dict[str, Any]:
     from .synth.dataset import write_dataset
     from .train import train_yolo
@@ -275,6 +296,13 @@ def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[in
     out.mkdir(parents=True, exist_ok=True)
     if a.data:
         data = Path(a.data).resolve()
+        for split in ("train", "val"):
+            try:
+                found = load_dataset_split(data, split).images
+            except FileNotFoundError as e:
+                raise ValueError(f"{a.data}: {e}") from None
+            if not found:
+                raise ValueError(f"{a.data}: the '{split}' split has no images")
     else:
         # rendering is deterministic per seed whatever the number of processes: use every core
         data = write_dataset(out / "data", a.images, a.seed, a.render_px, val_fraction=a.val_fraction,
@@ -291,11 +319,8 @@ def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[in
     # a second stage keeps the first stage's record, so the card says everything the weights went through
     earlier = _manifest_recipe(models / f"{a.name}.manifest.json") if a.init_weights else None
     recipe = {"arch": a.arch, "epochs": _epochs_run(out, a.stage_name) or a.epochs, "hours_cap": a.hours, "imgsz": a.imgsz, "batch": a.batch, "device": a.device,
-              "train_minutes": minutes, "data_seed": meta.get("seed", a.seed), "data_images": meta.get("images"),
-              "data_summary": f"{meta.get('images')} images rendered by `synth-dataset --seed {meta.get('seed')}` "
-                              "(~77 % rendered streets, 15 % real bag photos, 8 % real road frames with pasted objects; "
-                              "~15 % of the rendered streets hold hard negatives only, about a quarter have a vehicle "
-                              "cut by the frame edge)",
+              "train_minutes": minutes, "data_seed": meta.get("seed"), "data_images": meta.get("images"),
+              "data_summary": data_summary(data),
               "lr0": a.lr0 if a.lr0 is not None else "auto (AdamW 0.001)",
               "command": "python run_edge.py train "
                          + (f"--data {a.data} " if a.data else f"--images {meta.get('images', a.images)} --seed {meta.get('seed', a.seed)} "

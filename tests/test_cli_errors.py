@@ -60,6 +60,18 @@ def test_train_refuses_an_input_shape_the_network_cannot_take(shape):
         assert "--input" in r.stderr and shape in r.stderr and "Traceback" not in r.stderr
 
 
+def test_train_names_a_missing_or_bad_dataset_before_training(tmp_path):
+    r = cli("train", "--data", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "nope.yaml" in one_error_line(r)
+    r = cli("train", "--init-weights", str(tmp_path / "stage1.pt"), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "stage1.pt" in one_error_line(r)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("path: .\ntrain: images/train\nval: images/val\nnames: [a]\n")  # no images there
+    r = cli("train", "--data", str(bad), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "bad.yaml" in one_error_line(r) and "images/train" in r.stderr
+    assert not (tmp_path / "run" / "run").exists()  # nothing was trained
+
+
 def test_malformed_yaml_names_file_and_line(tmp_path):
     p = tmp_path / "site.yaml"
     p.write_text("edge_id: e1\ncameras:\n  - id: c1\n    url: [unclosed\n")

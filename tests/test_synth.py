@@ -71,6 +71,14 @@ def test_dataset_layout_and_meta(tmp_path):
             c, cx, cy, bw, bh = int(r[0]), *map(float, r[1:])
             assert 0 <= c < len(CLASSES)
             assert 0 <= cx - bw / 2 and cx + bw / 2 <= 1.0001 and 0 <= cy - bh / 2 and cy + bh / 2 <= 1.0001
+    # the model card's line on the training data is built from what the dataset recorded, not from defaults
+    from edge.recipe import data_summary
+
+    line = data_summary(y)
+    assert "--seed 5 --imgsz 320" in line and "100% rendered streets, 0% real bag photos" in line
+    assert "cut by the frame edge" in line
+    (tmp_path / "d" / "user.yaml").write_text(yaml.safe_dump({k: data[k] for k in ("path", "train", "val", "names")}))
+    assert "not rendered by this project, 9 training images" in data_summary(tmp_path / "d" / "user.yaml")
 
 
 def test_near_things_hide_far_things():

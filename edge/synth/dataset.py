@@ -149,7 +149,8 @@ def write_dataset(out: Path, images: int, seed: int, imgsz: int = 640, val_fract
                     progress(k, len(jobs))
     data = {"path": str(out), "train": "images/train", "val": "images/val", "names": dict(enumerate(CLASSES)),
             "cityops": {"seed": seed, "images": images, "imgsz": imgsz, "labels": counts,
-                        "edge_vehicle_share": edge_vehicle_share}}
+                        "real_bag_share": real_bag_share, "photo_bg_share": photo_bg_share,
+                        "negative_only_share": NEGATIVE_ONLY_SHARE, "edge_vehicle_share": edge_vehicle_share}}
     (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     log.info("dataset %s: %d images, %d labels", out, images, counts)
     return out / "data.yaml"
