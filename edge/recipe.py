@@ -270,8 +270,9 @@ def _manifest_recipe(path: Path) -> dict[str, Any] | None:
 def data_summary(data_yaml: Path) -> str:
     """The model card's line on the training data, from what `write_dataset` recorded in the dataset (sets written
     before the shares were recorded used the defaults); a user's own dataset records nothing and says so."""
-    from .synth import dataset as ds
     import yaml
+
+    from .synth import dataset as ds
 
     meta = (yaml.safe_load(Path(data_yaml).read_text()) or {}).get("cityops")
     if not meta:

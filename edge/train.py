@@ -118,7 +118,8 @@ def export_onnx(weights: Path, input_hw: tuple[int, int], dst: Path, config_dir:
 
     The network is fully convolutional, so it may be exported at another shape than it was trained at: a 16:9
     camera frame letterboxed into a square wastes 44 % of the input on grey bands, a 320x512 input spends the same
-    compute as 416x416 on 1.5x the pixels of the frame (see the model card)."""
+    compute as 416x416 on 1.5x the pixels of the frame. Whether that pays depends on the tiles the box
+    scans too (measured: README, "Training your own")."""
     offline_ultralytics(config_dir)
     from ultralytics import YOLO
 
