@@ -63,8 +63,8 @@ def test_our_inference_agrees_with_ultralytics(shipped_model):
         a = ours.detect(img, conf=0.25)
         # rect=False: the batch dimension is free, so ultralytics takes the model for a dynamic-shape one and would
         # feed it a minimal-padding input; height and width are fixed at the manifest's
-        r = theirs.predict(img, imgsz=(ours.manifest.input.height, ours.manifest.input.width), conf=0.25, iou=ours.manifest.nms_iou, verbose=False,
-                           device="cpu", rect=False)[0]
+        r = theirs.predict(img, imgsz=(ours.manifest.input.height, ours.manifest.input.width), conf=0.25,
+                           iou=ours.manifest.nms_iou, verbose=False, device="cpu", rect=False)[0]
         b_xyxy = r.boxes.xyxy.cpu().numpy()
         b_cls = r.boxes.cls.cpu().numpy().astype(int)
         b_conf = r.boxes.conf.cpu().numpy()
