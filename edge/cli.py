@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "models" / "cityops_det_n416.onnx"
@@ -64,44 +65,37 @@ def input_shape(text: str) -> tuple[int, int]:
     return h, w
 
 
-def cmd_train(a: argparse.Namespace) -> int:
-    import yaml
-
-    from .recipe import run_recipe
-
-    # checked before anything is rendered or trained: an hour's run must not end on a typo
-    missing = [f for f in (a.data, a.init_weights) if f and not Path(f).is_file()]
+def _run_model_job(job: Callable[..., Any], a: argparse.Namespace, inputs: list[str | None], doing: str) -> int:
+    """`train` and `average-weights`: their input files are checked before anything runs (an hour's run must not
+    end on a typo), and the errors a user can cause are one line each."""
+    missing = [f for f in inputs if f and not Path(f).is_file()]
     if missing:
         print(f"error: not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
-        run_recipe(a, Progress)
+        job(a, Progress)
     except ImportError as e:
-        print(f"error: training needs the optional extra: pip install -e '.[train]' ({e})", file=sys.stderr)
+        print(f"error: {doing} needs the optional extra: pip install -e '.[train]' ({e})", file=sys.stderr)
         return 2
-    except (ValueError, yaml.YAMLError) as e:
+    except ValueError as e:  # ConfigError too: a missing or malformed dataset yaml, named with its line
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .recipe import run_recipe
+
+    return _run_model_job(run_recipe, a, [a.data, a.init_weights], "training")
 
 
 def cmd_average_weights(a: argparse.Namespace) -> int:
     from .recipe import run_average
 
-    missing = [w for w in [*a.weights, a.data] if not Path(w).is_file()]
-    if missing:
-        print(f"error: not found: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    try:
-        run_average(a, Progress)
-    except ImportError as e:
-        print(f"error: averaging needs the optional extra: pip install -e '.[train]' ({e})", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {Path(a.models_dir) / (a.name + '.onnx')} with its manifest and card")
-    return 0
+    rc = _run_model_job(run_average, a, [*a.weights, a.data], "averaging")
+    if rc == 0:
+        print(f"wrote {Path(a.models_dir) / (a.name + '.onnx')} with its manifest and card")
+    return rc
 
 
 def cmd_measure_model(a: argparse.Namespace) -> int:

@@ -376,8 +376,9 @@ def _loc_text(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def load_yaml_model(path: Path, model: type[BaseModel]) -> Any:
-    """Read a YAML file into `model`; every problem becomes one ConfigError line naming file:line and key."""
+def read_yaml(path: str | Path) -> tuple[str, Any]:
+    """A YAML file's text (for the line numbers of later errors) and data; a missing, unreadable or malformed
+    file is one ConfigError naming file(:line)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -386,11 +387,17 @@ def load_yaml_model(path: Path, model: type[BaseModel]) -> Any:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        return text, yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{where}: malformed YAML: {getattr(e, 'problem', e)}") from None
+
+
+def load_yaml_model(path: Path, model: type[BaseModel]) -> Any:
+    """Read a YAML file into `model`; every problem becomes one ConfigError line naming file:line and key."""
+    path = Path(path)
+    text, data = read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):

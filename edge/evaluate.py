@@ -19,8 +19,8 @@ from typing import TypedDict
 
 import cv2
 import numpy as np
-import yaml
 
+from edge.config import read_yaml
 from edge.detections import Detections, box_iou
 from edge.detector import Detector
 
@@ -173,7 +173,7 @@ def load_dataset_split(data_yaml: str | Path, split: str = "val") -> DatasetSpli
     resolved against the list's folder.
     """
     data_yaml = Path(data_yaml)
-    cfg = yaml.safe_load(data_yaml.read_text(encoding="utf-8")) or {}
+    cfg = read_yaml(data_yaml)[1] or {}  # a missing or malformed yaml: one error naming file:line
     if not isinstance(cfg, dict):
         raise ValueError(f"{data_yaml}: expected a mapping at the top level")
     root = Path(cfg.get("path") or ".")

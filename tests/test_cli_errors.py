@@ -70,6 +70,12 @@ def test_train_names_a_missing_or_bad_dataset_before_training(tmp_path):
     r = cli("train", "--data", str(bad), "--out", str(tmp_path / "run"))
     assert r.returncode == 2 and "bad.yaml" in one_error_line(r) and "images/train" in r.stderr
     assert not (tmp_path / "run" / "run").exists()  # nothing was trained
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("names: [a\n")
+    for cmd in (["train", "--data", str(broken), "--out", str(tmp_path / "run")],
+                ["eval-model", "--model", str(MODEL), "--data", str(broken)]):
+        r = cli(*cmd)
+        assert r.returncode == 2 and "broken.yaml:2: malformed YAML" in one_error_line(r)
 
 
 def test_malformed_yaml_names_file_and_line(tmp_path):
