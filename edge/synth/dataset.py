@@ -55,6 +55,13 @@ def _init_worker(seed: int) -> None:
                   frames=realdata.road_frames(root, first_half=True))
 
 
+def _pool(workers: int, seed: int) -> "mp.pool.Pool":
+    """Worker processes started fresh ("spawn"), never forked: the caller may hold threads (OpenCV's and
+    onnxruntime's pools, a GStreamer loop, a logging handler) whose locks a forked child inherits held, and
+    then waits on forever. A fork-based pool hung that way in CI after the RTSP tests."""
+    return mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(seed,))
+
+
 def _rng_for(job: Job) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([job.seed, job.index]))
 
@@ -141,8 +148,7 @@ def write_dataset(out: Path, images: int, seed: int, imgsz: int = 640, val_fract
             if progress:
                 progress(k, len(jobs))
     else:
-        ctx = mp.get_context("fork")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(seed,)) as pool:
+        with _pool(workers, seed) as pool:
             for k, c in enumerate(pool.imap(make_image, jobs, chunksize=4), 1):
                 counts += c
                 if progress:
@@ -184,8 +190,7 @@ def negatives_dataset(out: Path, images: int, seed: int, imgsz: int = 640, worke
     for sub in ("images", "labels", "meta"):
         (out / sub / "val").mkdir(parents=True, exist_ok=True)
     jobs = [Job(i, seed, "val", imgsz, str(out)) for i in range(images)]
-    ctx = mp.get_context("fork")
-    with ctx.Pool(max(1, workers), initializer=_init_worker, initargs=(seed,)) as pool:
+    with _pool(max(1, workers), seed) as pool:
         for k, _ in enumerate(pool.imap(_make_negative, jobs, chunksize=4), 1):
             if progress:
                 progress(k, len(jobs))
