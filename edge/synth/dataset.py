@@ -58,7 +58,8 @@ def _init_worker(seed: int) -> None:
 def _pool(workers: int, seed: int) -> "mp.pool.Pool":
     """Worker processes started fresh ("spawn"), never forked: the caller may hold threads (OpenCV's and
     onnxruntime's pools, a GStreamer loop, a logging handler) whose locks a forked child inherits held, and
-    then waits on forever. A fork-based pool hung that way in CI after the RTSP tests."""
+    then waits on forever. A fork-based pool hung that way in CI after the RTSP tests. Spawned workers import
+    the caller's main module, so a script calling this with workers > 1 needs `if __name__ == "__main__":`."""
     return mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(seed,))
 
 
