@@ -155,8 +155,15 @@ def _stage_lines(stage: dict[str, Any] | None) -> list[str]:
     """The earlier stages this model continued from, oldest last, each with the command that ran it."""
     lines = []
     while stage:
-        lines.append(f"- Continued from an earlier stage: {stage.get('epochs')} epochs, {stage.get('train_minutes', '?')} min, "
-                     f"data: {stage.get('data_summary')} (`{stage.get('command')}`)")
+        if stage.get("averaged_from"):  # a weight average trains nothing: say what it averaged
+            why = f" ({stage['average_note']})" if stage.get("average_note") else ""
+            lines.append(f"- Before that, the uniform average of the weights of "
+                         f"{', '.join(f'`{w}`' for w in stage['averaged_from'])}{why}"
+                         + (f" (`{stage['command']}`)" if stage.get("command") else ""))
+        else:
+            lines.append(f"- Continued from an earlier stage: {stage.get('epochs')} epochs, "
+                         f"{stage.get('train_minutes', '?')} min, data: {stage.get('data_summary')} "
+                         f"(`{stage.get('command')}`)")
         stage = stage.get("previous_stage")
     return lines
 

@@ -28,6 +28,22 @@ def test_manifest_is_complete(shipped_model):
         assert 0.0 < by[name].threshold < 1.0
 
 
+
+def test_card_tells_the_whole_lineage(shipped_model):
+    """The card is how a user learns what the weights went through: every earlier stage appears, a weight
+    average as an average of named checkpoints, a training stage with its epochs and command."""
+    card = shipped_model.with_suffix(".md").read_text()
+    stage = json.loads(manifest_path_for(shipped_model).read_text())["training"]["recipe"].get("previous_stage")
+    seen = 0
+    while stage:
+        if stage.get("averaged_from"):
+            assert f"uniform average of the weights of `{stage['averaged_from'][0]}`" in card
+        else:
+            assert f"{stage['epochs']} epochs" in card and stage["command"].splitlines()[0] in card
+        seen += 1
+        stage = stage.get("previous_stage")
+    assert seen >= 1 and "None epochs" not in card and "data: None" not in card
+
 def _frames(n: int) -> list[np.ndarray]:
     out = []
     for s in range(n):
