@@ -162,7 +162,7 @@ class _PyAvReader(_Reader):
         src = self.src
         stream = container.streams.video[0]
         cc = stream.codec_context
-        cc.thread_count = getattr(src, "decode_threads", DECODE_THREADS)
+        cc.thread_count = src.decode_threads
         cc.skip_frame = "NONKEY"  # keyframes only until the GOP is known
         keyframes_only = True
         with self.lock:

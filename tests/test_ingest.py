@@ -150,9 +150,10 @@ def test_pyav_frozen_server_is_a_stall_and_no_stale_frame_follows(rtsp_ok: None,
 
 def test_stop_event_unused_thread_free() -> None:
     """A source that was never started reports offline and holds no thread."""
-    src = PyAvSource("cam1", "rtsp://127.0.0.1:1/x", 2.0)
+    # its own camera id: another test's "cam1" reader may still be winding down when this one runs
+    src = PyAvSource("cam-never-started", "rtsp://127.0.0.1:1/x", 2.0)
     assert src.status()["state"] == "offline" and src.ingest()["mode"] is None
-    assert not any(t.name == "pyav-cam1" for t in threading.enumerate())
+    assert not any(t.name == "pyav-cam-never-started" for t in threading.enumerate())
 
 
 def test_frames_convert_to_the_same_bgr_as_swscale(clips: dict[str, Path]) -> None:

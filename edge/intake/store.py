@@ -254,7 +254,7 @@ class SqlStore(Store):
                             raise
                         self._x("ROLLBACK TO SAVEPOINT rec")
                         self._x("RELEASE SAVEPOINT rec")
-                        payload = getattr(rec, "raw", None) or getattr(rec, "payload", None) or getattr(rec, "data", b"")
+                        payload = _payload_of(rec)
                         self._invalid(InvalidRecord(rec.topic, payload, f"could not be stored: {type(e).__name__}: {e}"),
                                       now)
                         out = "invalid"
@@ -466,6 +466,15 @@ class SqlStore(Store):
         if not parts:
             return "", []
         return " WHERE " + " AND ".join(f"{k} = ?" for k, _ in parts), [v for _, v in parts]
+
+
+def _payload_of(rec: Record) -> bytes:
+    """The bytes as received, whatever the record's kind: a refused message is kept aside with them."""
+    if isinstance(rec, IncidentRecord):
+        return rec.raw
+    if isinstance(rec, EvidenceRecord):
+        return rec.data
+    return rec.payload
 
 
 def _replace(obj: R, **kw: Any) -> R:
