@@ -28,7 +28,6 @@ def test_manifest_is_complete(shipped_model):
         assert 0.0 < by[name].threshold < 1.0
 
 
-
 def test_card_tells_the_whole_lineage(shipped_model):
     """The card is how a user learns what the weights went through: every earlier stage appears, a weight
     average as an average of named checkpoints, a training stage with its epochs and command."""
