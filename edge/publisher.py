@@ -207,7 +207,8 @@ class Publisher:
         self._acks: dict[int, ReasonCode] = {}  # mid → PUBACK reason, filled on the network thread
         self._ignore_mids: set[int] = set()  # our own "online" publishes: nobody waits for them
         self._ack_cond = threading.Condition()
-        self._problems = ProblemLog(logger)  # the connection's problem now; also the last publish refusal's text
+        self._problems = ProblemLog(logger)  # the connection's problem now
+        self._publish_problem: str | None = None  # the last publish refusal's text, until its topic is accepted
         self._rejected_topics: set[str] = set()
         self._acked = 0
         self._rejected = 0
@@ -292,7 +293,7 @@ class Publisher:
         return PublisherStats(acked=self._acked, pending=self._outbox.pending_count(),
                               set_aside=len(self._outbox.set_aside_rows()), dropped=self._outbox.drop_counts(),
                               connected=self._connected.is_set(), rejected=self._rejected,
-                              last_error=self._problems.text)
+                              last_error=self._problems.text or self._publish_problem)
 
     # ------------------------------------------------------------------------------ sender thread
     def _run(self) -> None:
@@ -357,7 +358,7 @@ class Publisher:
                     delay = self._retry_delay[0]
                 if row.topic in self._rejected_topics:
                     self._rejected_topics.discard(row.topic)
-                    self._problems.text = None
+                    self._publish_problem = None
                     logger.info("MQTT broker %s accepts publishes to %s again", self.endpoint, row.topic)
             except Exception:  # never let the sender die silently: log, back off, go on
                 logger.exception("MQTT sender: unexpected error; retrying in %.1f s", delay)
@@ -376,7 +377,7 @@ class Publisher:
         text = (f"MQTT broker {self.endpoint} rejected the publish to {row.topic}: {reason} "
                 f"(reason code 0x{reason.value:02X}); the message stays in the outbox and is retried with backoff"
                 + (f" — check the broker ACL for user {self._user!r}" if reason.value == 0x87 else ""))
-        self._problems.text = text
+        self._publish_problem = text
         if row.topic not in self._rejected_topics:
             self._rejected_topics.add(row.topic)
             logger.error(text)
@@ -390,7 +391,7 @@ class Publisher:
                                              else ""))
         self._refusals.pop(row.id, None)
         self._outbox.set_aside(row.id, f"0x{reason.value:02X} {reason}")
-        self._problems.text = text
+        self._publish_problem = text
         logger.error(text)
         self._publish_counts_if_changed()
 

@@ -188,6 +188,7 @@ def test_v5_refused_publish_is_retried_then_set_aside(tmp_path: Path, caplog: py
         assert wait_until(lambda: pub.stats().set_aside == 1, 10)
         stats = pub.stats()
         assert stats.rejected == 3 and stats.pending == 0 and stats.acked == 2
+        assert stats.last_error and "set aside" in stats.last_error and "0x87" in stats.last_error
         (_, topic, reason), = outbox.set_aside_rows()
         assert topic == "cityops/other-edge/incident/cam0" and reason.startswith("0x87")
         pub.stop(0.5)
