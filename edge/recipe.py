@@ -151,14 +151,18 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
 
 
+def _average_of(stage: dict[str, Any], why: str | None) -> str:
+    """How the card names a weight average, for the shipped model and for any average in its lineage."""
+    return (f"the uniform average of the weights of {', '.join(f'`{w}`' for w in stage['averaged_from'])}"
+            + (f" ({why})" if why else ""))
+
+
 def _stage_lines(stage: dict[str, Any] | None) -> list[str]:
     """The earlier stages this model continued from, oldest last, each with the command that ran it."""
     lines = []
     while stage:
         if stage.get("averaged_from"):  # a weight average trains nothing: say what it averaged
-            why = f" ({stage['average_note']})" if stage.get("average_note") else ""
-            lines.append(f"- Before that, the uniform average of the weights of "
-                         f"{', '.join(f'`{w}`' for w in stage['averaged_from'])}{why}"
+            lines.append(f"- Before that, {_average_of(stage, stage.get('average_note'))}"
                          + (f" (`{stage['command']}`)" if stage.get("command") else ""))
         else:
             lines.append(f"- Continued from an earlier stage: {stage.get('epochs')} epochs, "
@@ -187,8 +191,7 @@ def write_card(model: Path, figures: dict[str, Any], recipe: dict[str, Any]) -> 
          "free (a box batches its cameras' frames); height and width are fixed, so ultralytics' `predict` needs "
          "`rect=False`.",
          (f"- Architecture: `{recipe.get('arch')}` trained from scratch (no pretrained weights), imgsz {recipe.get('imgsz')}: "
-          f"the uniform average of the weights of {', '.join(f'`{w}`' for w in recipe['averaged_from'])} "
-          f"({recipe.get('average_note', 'checkpoints of one lineage')})."
+          f"{_average_of(recipe, recipe.get('average_note', 'checkpoints of one lineage'))}."
           if recipe.get("averaged_from") else
           f"- Architecture: `{recipe.get('arch')}` trained from scratch (no pretrained weights), {recipe.get('epochs')} epochs, "
           f"imgsz {recipe.get('imgsz')}, batch {recipe.get('batch')}, on {recipe.get('device')}; "

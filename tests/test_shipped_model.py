@@ -43,6 +43,7 @@ def test_card_tells_the_whole_lineage(shipped_model):
         stage = stage.get("previous_stage")
     assert seen >= 1 and "None epochs" not in card and "data: None" not in card
 
+
 def _frames(n: int) -> list[np.ndarray]:
     out = []
     for s in range(n):
