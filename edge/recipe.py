@@ -120,7 +120,8 @@ def measure_model(model: Path, work: Path, progress_cls: Callable[[str], Callabl
     synth = work / "test_synth" / "data.yaml"
     if not synth.exists():
         write_dataset(synth.parent, test_images, TEST_SEED_SYNTH, 640, val_fraction=1.0, real_bag_share=0.0,
-                      photo_bg_share=0.0, edge_vehicle_share=0.0, progress=prog("rendering synthetic test set"))
+                      photo_bg_share=0.0, edge_vehicle_share=0.0, water_at_cover_share=0.0,
+                      progress=prog("rendering synthetic test set"))
     t0 = time.monotonic()
     figures["synthetic_test"] = evaluate(model, synth, progress=prog("evaluating synthetic test set"))
     figures["synthetic_test"]["seed"] = TEST_SEED_SYNTH
@@ -292,11 +293,14 @@ def data_summary(data_yaml: Path) -> str:
     photo = meta.get("photo_bg_share", ds.PHOTO_BG_SHARE)
     neg = meta.get("negative_only_share", ds.NEGATIVE_ONLY_SHARE)
     edge = meta.get("edge_vehicle_share", 0.0)
+    water = meta.get("water_at_cover_share", 0.0)
     return (f"{meta.get('images')} images rendered by `synth-dataset --seed {meta.get('seed')} --imgsz {meta.get('imgsz')}` "
             f"(~{1 - bag - photo:.0%} rendered streets, {bag:.0%} real bag photos, {photo:.0%} real road frames with pasted "
             f"objects; ~{neg:.0%} of all images hold hard negatives only"
             + (f"; {edge:.0%} of the rendered streets were offered a vehicle cut by the frame edge, about half of them "
-               "have a carriageway reaching it)" if edge else ")"))
+               "have a carriageway reaching it" if edge else "")
+            + (f"; {water:.0%} of their covers, open manholes and drain grates stand in a puddle" if water else "")
+            + ")")
 
 
 def run_recipe(a: argparse.Namespace, progress_cls: Callable[[str], Callable[[int, int], None]]) -> dict[str, Any]:

@@ -138,13 +138,42 @@ def test_edge_vehicles_are_cut_by_the_frame_and_keep_the_labels_right():
     assert with_vehicles >= 6  # the others: alleys, plazas, roads that do not reach the edge of the view
 
 
+def test_water_at_covers_lies_under_the_cover_and_both_are_labelled():
+    """Rain collects around covers and grates; a puddle there must be painted under the cover (which stays in view
+    and keeps its label) and be labelled ponding itself, and a share of 0 must leave the scene alone."""
+    from edge.synth.scene import add_water_at_covers
+
+    wet = 0
+    for seed in range(30):
+        scene = sample_scene(3000 + seed, 640, 384, n_incidents=3, classes=["manhole_cover", "manhole_open"])
+        before = list(scene.things)
+        assert add_water_at_covers(scene, np.random.default_rng(seed), 0.0) == [] and scene.things == before
+        added = add_water_at_covers(scene, np.random.default_rng(seed), 1.0)
+        assert [t for t in scene.things if t not in added] == before
+        if not added:
+            continue
+        img, labels = render(scene)
+        by_id = {lb.thing_id: lb for lb in labels}
+        for t in added:
+            k = scene.things.index(t)
+            host = scene.things[k + 1]  # painted right after its puddle
+            assert t.cls == "ponding" and host.kind in ("manhole_cover", "manhole_open", "grate")
+            assert np.hypot(t.x - host.x, t.y - host.y) <= 0.3 * t.size + 1e-9 and t.size >= 1.8 * host.size - 1e-9
+            if t.id in by_id and host.cls is not None:
+                assert host.id in by_id  # painted on top, the cover keeps its label
+                (px0, py0, px1, py1), (hx0, hy0, hx1, hy1) = by_id[t.id].xyxy, by_id[host.id].xyxy
+                assert min(px1, hx1) > max(px0, hx0) and min(py1, hy1) > max(py0, hy0)  # the cover lies in its puddle
+                wet += 1
+    assert wet >= 5
+
+
 def test_test_sets_do_not_change_with_edge_vehicles(tmp_path):
     """Training sets get edge vehicles; a test set (share 0) must stay byte-identical to what earlier models were
     measured on, and a training set must differ only by them."""
     a = write_dataset(tmp_path / "a", 6, seed=90001, imgsz=320, workers=1, edge_vehicle_share=0.0,
-                      real_bag_share=0.0, photo_bg_share=0.0).parent
+                      water_at_cover_share=0.0, real_bag_share=0.0, photo_bg_share=0.0).parent
     b = write_dataset(tmp_path / "b", 6, seed=90001, imgsz=320, workers=1, edge_vehicle_share=1.0,
-                      real_bag_share=0.0, photo_bg_share=0.0).parent
+                      water_at_cover_share=0.0, real_bag_share=0.0, photo_bg_share=0.0).parent
     da, db = _digest(a), _digest(b)
     assert da.keys() == db.keys() and da != db
     metas = [json.loads(p.read_text()) for p in sorted((b / "meta").rglob("*.json"))]

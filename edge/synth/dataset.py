@@ -15,7 +15,8 @@ import numpy as np
 import yaml
 
 from . import realdata
-from .scene import CLASSES, Scene, add_edge_vehicles, render, sample_camera, sample_scene, sample_things
+from .scene import (CLASSES, Scene, add_edge_vehicles, add_water_at_covers, render, sample_camera, sample_scene,
+                    sample_things)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,9 @@ NEGATIVE_ONLY_SHARE = 0.15
 # share of rendered training streets offered one or two vehicles cut by the frame edge (about half of them have a
 # carriageway that reaches the edge of the view and get one; test sets: none)
 EDGE_VEHICLE_SHARE = 0.5
+# share of covers, open manholes and drain grates in rendered training streets that stand in a puddle (test sets:
+# none, so that they hold the same streets as before)
+WATER_AT_COVER_SHARE = 0.35
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Job:
     real_share: float = REAL_BAG_SHARE
     photo_share: float = PHOTO_BG_SHARE
     edge_vehicle_share: float = 0.0
+    water_at_cover_share: float = 0.0
 
 
 _STATE: dict = {}  # per worker process: cut-outs and frames, loaded once (not shared between processes)
@@ -115,6 +120,9 @@ def make_image(job: Job) -> int:
             erng = np.random.default_rng(np.random.SeedSequence([job.seed, job.index, 1]))
             if erng.random() < job.edge_vehicle_share:
                 add_edge_vehicles(scene, erng, int(erng.integers(1, 3)))
+        if job.water_at_cover_share > 0:  # likewise
+            add_water_at_covers(scene, np.random.default_rng(np.random.SeedSequence([job.seed, job.index, 2])),
+                                job.water_at_cover_share)
         img, labels = render(scene, cutouts)
         source = "synthetic"
     rows = [(CLASSES.index(lb.cls), *lb.xyxy) for lb in labels]
@@ -130,14 +138,15 @@ def make_image(job: Job) -> int:
 def write_dataset(out: Path, images: int, seed: int, imgsz: int = 640, val_fraction: float = 0.1,
                   workers: int = 2, progress: Callable[[int, int], None] | None = None,
                   real_bag_share: float = REAL_BAG_SHARE, photo_bg_share: float = PHOTO_BG_SHARE,
-                  edge_vehicle_share: float = EDGE_VEHICLE_SHARE) -> Path:
+                  edge_vehicle_share: float = EDGE_VEHICLE_SHARE,
+                  water_at_cover_share: float = WATER_AT_COVER_SHARE) -> Path:
     """Write `images` images (the last `val_fraction` as the val split) and `out/data.yaml`. Test sets pass
     zero shares so that they hold rendered streets only (real photos and frames belong to training), and the
     same streets as before edge vehicles existed."""
     out = Path(out).resolve()
     n_val = min(images, max(1, int(round(images * val_fraction)))) if images > 1 else 0
     jobs = [Job(i, seed, "val" if i >= images - n_val else "train", imgsz, str(out), real_bag_share, photo_bg_share,
-                edge_vehicle_share) for i in range(images)]
+                edge_vehicle_share, water_at_cover_share) for i in range(images)]
     for split in ("train", "val"):
         for sub in ("images", "labels", "meta"):
             (out / sub / split).mkdir(parents=True, exist_ok=True)
@@ -157,7 +166,8 @@ def write_dataset(out: Path, images: int, seed: int, imgsz: int = 640, val_fract
     data = {"path": str(out), "train": "images/train", "val": "images/val", "names": dict(enumerate(CLASSES)),
             "cityops": {"seed": seed, "images": images, "imgsz": imgsz, "labels": counts,
                         "real_bag_share": real_bag_share, "photo_bg_share": photo_bg_share,
-                        "negative_only_share": NEGATIVE_ONLY_SHARE, "edge_vehicle_share": edge_vehicle_share}}
+                        "negative_only_share": NEGATIVE_ONLY_SHARE, "edge_vehicle_share": edge_vehicle_share,
+                        "water_at_cover_share": water_at_cover_share}}
     (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     log.info("dataset %s: %d images, %d labels", out, images, counts)
     return out / "data.yaml"

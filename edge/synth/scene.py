@@ -143,6 +143,36 @@ def sample_things(rng: np.random.Generator, scene: Scene, n_incidents: int, n_ne
     return things
 
 
+def add_water_at_covers(scene: Scene, rng: np.random.Generator, share: float) -> list[Thing]:
+    """Standing water under some covers, open manholes and drain grates: where rain actually collects.
+
+    The sampler keeps things apart, so the model never saw a cover inside a puddle, and in scenario 781 a small
+    puddle around a cover read as manhole_cover/manhole_open (0.55) and never as ponding (0.33). Each host gets
+    a puddle with probability `share`, painted before it (the cover lies on top) and labelled as ponding; added
+    after sampling with its own generator, so that scenes rendered without them stay byte-identical."""
+    cam = scene.camera
+    added: list[Thing] = []
+    next_id = max((t.id for t in scene.things), default=-1) + 1
+    for host in [t for t in scene.things if t.kind in ("manhole_cover", "manhole_open", "grate")]:
+        if rng.random() >= share:
+            continue
+        size = float(rng.uniform(max(1.3, 1.8 * host.size), 4.0))
+        ang, off = float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.0, 0.3)) * size
+        xy = np.array([host.x + off * math.cos(ang), host.y + off * math.sin(ang)])
+        mpp = float(cam.metres_per_pixel(xy[None])[0])
+        if not np.isfinite(mpp) or size / mpp < MIN_PX["ponding"] * cam.width / 640 or size / mpp > cam.width * 0.6:
+            continue
+        others = [(t.x, t.y, t.size / 2) for t in scene.things if t is not host]
+        if not _clear_of(xy, size / 2, others):
+            continue
+        t = Thing(next_id, "ponding", "ponding", float(xy[0]), float(xy[1]), size, int(rng.integers(2**31)),
+                  float(rng.uniform(0, 2 * math.pi)))
+        next_id += 1
+        scene.things.insert(scene.things.index(host), t)
+        added.append(t)
+    return added
+
+
 def add_edge_vehicles(scene: Scene, rng: np.random.Generator, n: int) -> list[Thing]:
     """Vehicles on the carriageway whose middle lies just outside the frame, so only their front or back shows.
 
