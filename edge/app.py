@@ -245,7 +245,8 @@ class EdgeApp:
         self.book = IncidentBook(str(self.db_path), site.edge_id, names, loaded.rules,
                                  sink=self.jsonl if replay else self.incident_sink, evidence=evidence_jpeg,
                                  reportable=reportable, places=loaded.locator,
-                                 merge_radius_m=geo.class_merge_radius_m, default_merge_m=geo.merge_radius_m)
+                                 merge_radius_m=geo.class_merge_radius_m, default_merge_m=geo.merge_radius_m,
+                                 other_class_m=geo.other_class_m, may_share_place=geo.may_share_place)
         if loaded.locator.inventory is not None:
             from .geo import CoverLedger
 

@@ -271,6 +271,12 @@ class GeoConfig(_Base):
                                   "are one incident, across scans, restarts and cameras")
     class_merge_radius_m: dict[str, float] = Field(default_factory=lambda: {"ponding": 5.0, "illegal_structure": 5.0},
                                                    description="per-class overrides of merge_radius_m")
+    other_class_m: float = Field(1.5, ge=0, description="a candidate this close to an open incident of another class "
+                                 "opens nothing while that one is open: one thing read as two classes (a puddle seen "
+                                 "as a garbage pile from the second camera) is one case. 0 turns it off")
+    may_share_place: list[str] = Field(default_factory=lambda: ["manhole_open", "manhole_cover"],
+                                       description="classes exempt from other_class_m: things that really lie inside "
+                                       "another (an open manhole in a puddle)")
     component_match_radius_m: float = Field(2.0, gt=0, description="an open manhole this close to an inventory "
                                             "cover carries that cover's component id")
     ground_point: dict[str, Literal["bottom", "centre"]] = Field(

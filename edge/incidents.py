@@ -154,7 +154,8 @@ class IncidentBook:
     def __init__(self, db_path: str, edge_id: str, class_names: list[str], rules: dict[str, Rules],
                  sink: EventSink | None = None, evidence: Evidence | None = None,
                  reportable: set[str] | None = None, places: Places | None = None,
-                 merge_radius_m: Mapping[str, float] | None = None, default_merge_m: float = 3.0) -> None:
+                 merge_radius_m: Mapping[str, float] | None = None, default_merge_m: float = 3.0,
+                 other_class_m: float = 0.0, may_share_place: Iterable[str] = ()) -> None:
         self.edge_id = edge_id
         self.class_names = class_names
         self.rules = rules
@@ -163,6 +164,8 @@ class IncidentBook:
         self.places = places
         self.reportable = reportable if reportable is not None else set(class_names)
         self._radius = np.array([float((merge_radius_m or {}).get(n, default_merge_m)) for n in class_names])
+        self._other_m = float(other_class_m)
+        self._shares = np.array([n in set(may_share_place) for n in class_names], bool)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -311,7 +314,7 @@ class IncidentBook:
                     n = len(votes)
                     k = sum(1 for _, s in votes if s)
                     if (n >= p.min_scans and k / n >= p.vote_ratio and k >= p.min_scans
-                            and not self._suppressed(t.class_id, t.boxes, t.ground)):
+                            and not self._suppressed(t.class_id, t.boxes, t.ground) and not self._taken(t)):
                         t.incident_id = self._new_id(ts)
                         t.opened_ts = t.last_update = ts
                         events.append(self._event(t, "opened", ts))
@@ -486,6 +489,21 @@ class IncidentBook:
                 if cam in x.boxes and cam in self.rules:
                     if box_iou(box[None], x.boxes[cam][None])[0, 0] >= self.rules[cam].match_iou:
                         return True
+        return False
+
+    def _taken(self, t: Track) -> bool:
+        """Is the candidate's place already an open incident of another class? Then it is most likely that thing
+        read as something else (a puddle seen as a garbage pile from the second camera), and the centre wants one
+        case per thing. Classes in `may_share_place` (an open manhole lies in a puddle) are never held back nor
+        hold others back; the candidate opens if that incident resolves while it is still seen."""
+        if self._other_m <= 0 or t.ground is None or self._shares[t.class_id]:
+            return False
+        for x in self._tracks:
+            if (x.is_open and x.class_id != t.class_id and not self._shares[x.class_id] and x.ground is not None
+                    and float(np.hypot(*(t.ground - x.ground))) < self._other_m):
+                log.debug("%s candidate at %s held back: open %s %s is there", self.class_names[t.class_id],
+                          np.round(t.ground, 2).tolist(), self.class_names[x.class_id], x.incident_id)
+                return True
         return False
 
     def _new_id(self, ts: float) -> str:

@@ -70,7 +70,8 @@ class Locator:
             return q if q.is_absolute() else base / q
 
         g = site.geo
-        unknown = sorted((set(g.class_merge_radius_m) | set(g.ground_point) | set(g.base_depth_m)) - set(class_names))
+        named = set(g.class_merge_radius_m) | set(g.ground_point) | set(g.base_depth_m) | set(g.may_share_place)
+        unknown = sorted(named - set(class_names))
         if unknown:
             raise ConfigError(f"{site_path}: geo: classes {unknown} are not in the model (classes: {class_names})")
         maps = ground_maps(site, Path(site_path))

@@ -373,3 +373,37 @@ def test_a_camera_frame_is_converted_to_bgr_only_for_a_best_view(tmp_path):
     assert seen == [(100, 200, 3)] and frame._bgr is not None
     assert np.abs(frame.image[55, 70].astype(int) - (30, 160, 220)).max() <= 4
     assert book._tracks[0].image_size == (200, 100)
+
+
+def test_one_thing_read_as_two_classes_is_one_case(tmp_path):
+    """A puddle that the second camera reads as a garbage pile (held-out scenarios 821-823: each false report lay
+    under 1 m from a true incident of another class) opens no second case while the first is open; an open
+    manhole in that puddle is a second thing and opens; once the puddle's case resolves, what is still seen there
+    opens; `other_class_m` 0 turns the rule off."""
+    names = NAMES + ["garbage_pile"]
+    img = np.zeros((100, 200, 3), np.uint8)
+
+    def mixed(book, cam, t, items):
+        d = Detections(np.array([[10 + 40 * k, 10, 40 + 40 * k, 40] for k in range(len(items))], np.float32),
+                       np.full(len(items), 0.8, np.float32), np.array([c for _, _, c in items], np.int64))
+        return book.update(cam, t, d, [None] * len(d), img, ground_of([(x, y) for x, y, _ in items]))
+
+    def run(other_m):
+        book = IncidentBook(str(tmp_path / f"s{other_m}.db"), "edge1", names, RULES2, ListSink(), places=FakePlaces(),
+                            other_class_m=other_m, may_share_place=["manhole_open", "manhole_cover"])
+        ev = []
+        for k in range(40):
+            t = 2.0 * k
+            if t < 40:
+                ev += mixed(book, "a", t, [(8.0, 2.0, 2)])  # a sees the puddle
+            b = [(8.6, 2.3, 3)] if t >= 12 else []  # b reads it as garbage from 12 s on
+            ev += mixed(book, "b", t + 1, b + ([(8.2, 1.8, 1)] if t >= 12 else []))  # and sees a shaft in it
+        return [(e.event, e.class_name, round(e.ts)) for e in ev]
+
+    held = run(1.5)
+    assert [(e, c) for e, c, _ in held if e == "opened"] == [("opened", "ponding"), ("opened", "manhole_open"),
+                                                                ("opened", "garbage_pile")], held
+    ponding_resolved = next(ts for e, c, ts in held if e == "resolved" and c == "ponding")
+    assert next(ts for e, c, ts in held if e == "opened" and c == "garbage_pile") >= ponding_resolved
+    off = run(0.0)
+    assert next(ts for e, c, ts in off if e == "opened" and c == "garbage_pile") < 40  # both at once without it
