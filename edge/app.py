@@ -296,6 +296,7 @@ class EdgeApp:
             kept, zone_idx, strong = rs.apply_with_weak(dets, w, h)
             zones = [rs.zone_name(int(z)) for z in zone_idx]
             ground = self.L.locator.ground(frame.camera_id, kept, w, h)
+            strong = self.L.locator.off_inventory_weak(kept, ground, strong)
             self.L.locator.record_covers(kept[strong], ground.subset(strong), frame.ts)
             events = self.book.update(frame.camera_id, frame.ts, kept, zones, frame, ground, strong=strong)
             if self.commands.wants_frame(frame.camera_id):

@@ -279,6 +279,11 @@ class GeoConfig(_Base):
                                        "another (an open manhole in a puddle)")
     component_match_radius_m: float = Field(2.0, gt=0, description="an open manhole this close to an inventory "
                                             "cover carries that cover's component id")
+    off_inventory_open_threshold: float | None = Field(
+        None, gt=0, le=1, description="for a complete inventory: an open manhole farther than "
+        "component_match_radius_m from every inventory cover (a drain grate or dark patch where the city has no "
+        "cover) needs at least this score to open a case; below it, it may only keep one open. Unset: the class "
+        "threshold, as anywhere. Needs `inventory`")
     ground_point: dict[str, Literal["bottom", "centre"]] = Field(
         default_factory=lambda: {"ponding": "centre", "manhole_open": "centre", "manhole_cover": "centre"},
         description="which point of the box touches the ground, per class; default bottom (bottom-centre)")

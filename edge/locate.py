@@ -36,7 +36,8 @@ class Locator:
     def __init__(self, maps: dict[str, GroundMap], class_names: list[str], ground_point: dict[str, str],
                  grid: GridLayer | None = None, inventory: Inventory | None = None,
                  component_radius_m: float = 2.0, gcj02: bool = False, projector: Projector | None = None,
-                 ledger: CoverLedger | None = None, base_depth_m: dict[str, float] | None = None) -> None:
+                 ledger: CoverLedger | None = None, base_depth_m: dict[str, float] | None = None,
+                 off_inventory_open_threshold: float | None = None) -> None:
         self.maps = maps
         self.class_names = class_names
         self.grid = grid
@@ -59,6 +60,8 @@ class Locator:
             dx, dy = lonlat_to_local(a["lon"], a["lat"], self.anchor)
             self._offset[cid] = np.array([float(dx), float(dy)])
         self._cover_id = class_names.index("manhole_cover") if "manhole_cover" in class_names else -1
+        self._open_id = class_names.index("manhole_open") if "manhole_open" in class_names else -1
+        self.off_inventory_open_threshold = off_inventory_open_threshold
 
     @classmethod
     def from_site(cls, site: Site, site_path: Path, class_names: list[str]) -> "Locator":
@@ -74,12 +77,16 @@ class Locator:
         unknown = sorted(named - set(class_names))
         if unknown:
             raise ConfigError(f"{site_path}: geo: classes {unknown} are not in the model (classes: {class_names})")
+        if g.off_inventory_open_threshold is not None and not g.inventory:
+            raise ConfigError(f"{site_path}: geo.off_inventory_open_threshold needs geo.inventory (which covers "
+                              "the city has)")
         maps = ground_maps(site, Path(site_path))
         grid = GridLayer.load(path(g.grid_layer), f"{site_path}: geo.grid_layer") if g.grid_layer else None
         inv = Inventory.load(path(g.inventory), f"{site_path}: geo.inventory") if g.inventory else None
         proj = Projector(g.projected_crs) if g.projected_crs else None
         return cls(maps, class_names, dict(g.ground_point), grid, inv, g.component_match_radius_m, g.gcj02, proj,
-                   base_depth_m={n: d for n, d in g.base_depth_m.items() if n in class_names})
+                   base_depth_m={n: d for n, d in g.base_depth_m.items() if n in class_names},
+                   off_inventory_open_threshold=g.off_inventory_open_threshold)
 
     # ------------------------------------------------------------------ per scan
     def ground(self, camera_id: str, dets: Detections, width: int, height: int) -> Ground:
@@ -94,17 +101,18 @@ class Locator:
         centre = self._centre[dets.class_id]
         uv = np.stack([(b[:, 0] + b[:, 2]) / 2, np.where(centre, (b[:, 1] + b[:, 3]) / 2, b[:, 3])], axis=1)
         xy = gm.to_ground(uv)
-        depth = self._depth[dets.class_id]
-        if depth.any():  # away from the camera: the ground direction in which the image goes up at that point
-            away = gm.to_ground(uv - [0.0, 1.0]) - xy
-            norm = np.linalg.norm(away, axis=1, keepdims=True)
+        away = np.zeros_like(xy)
+        if not centre.all():  # away from the camera: the ground direction in which the image goes up there
+            step = gm.to_ground(uv - [0.0, 1.0]) - xy
+            norm = np.linalg.norm(step, axis=1, keepdims=True)
             with np.errstate(invalid="ignore", divide="ignore"):
-                xy = xy + np.where(norm > 0, away / norm, 0.0) * depth[:, None]
+                away = np.where((norm > 0) & ~centre[:, None], step / norm, 0.0)
+            xy = xy + away * self._depth[dets.class_id][:, None]
         xy = xy + self._offset[camera_id]
         acc = np.asarray(gm.accuracy_m(uv), np.float64)
         bad = ~np.all(np.isfinite(xy), axis=1)
         acc[bad] = np.nan
-        return Ground(xy, acc)
+        return Ground(xy, acc, np.nan_to_num(away))
 
     def record_covers(self, dets: Detections, ground: Ground, ts: float) -> list[str]:
         """Intact covers seen in this scan refresh their inventory entry's last-seen-intact time."""
@@ -120,6 +128,23 @@ class Locator:
             with self._ledger_lock:
                 self.ledger.record_intact(ids, ts)
         return ids
+
+    def off_inventory_weak(self, dets: Detections, ground: Ground, strong: np.ndarray) -> np.ndarray:
+        """`strong` with the open manholes that stand where the inventory has no cover, and score under
+        `off_inventory_open_threshold`, made weak: with a complete inventory a cover-less spot that looks open is
+        most likely a drain grate or a dark patch, so it needs a surer sighting to open a case."""
+        thr = self.off_inventory_open_threshold
+        if thr is None or self.inventory is None or self._open_id < 0 or len(dets) == 0:
+            return strong
+        sel = strong & (dets.class_id == self._open_id) & (dets.confidence < thr) & np.all(np.isfinite(ground.xy), axis=1)
+        if not sel.any():
+            return strong
+        idx = np.flatnonzero(sel)
+        lon, lat = local_to_lonlat(ground.xy[idx, 0], ground.xy[idx, 1], self.anchor)
+        near = self.inventory.nearest(np.atleast_1d(lon), np.atleast_1d(lat), self.component_radius_m)
+        out = strong.copy()
+        out[idx[np.array([c is None for c in near], bool)]] = False
+        return out
 
     # ------------------------------------------------------------------ Places
     def in_view(self, camera_id: str, xy: np.ndarray) -> bool:

@@ -407,3 +407,34 @@ def test_one_thing_read_as_two_classes_is_one_case(tmp_path):
     assert next(ts for e, c, ts in held if e == "opened" and c == "garbage_pile") >= ponding_resolved
     off = run(0.0)
     assert next(ts for e, c, ts in off if e == "opened" and c == "garbage_pile") < 40  # both at once without it
+
+
+def test_an_upright_thing_whose_foot_is_hidden_stays_one_incident(tmp_path):
+    """A shed that a parked truck half hides from camera a (its box ends at the truck's roof) lands metres farther
+    out along a's ray (held-out scenarios 841, 842 opened a second case for it): that sighting is the same
+    incident and does not move it. The same gap sideways is another thing."""
+    from edge.incidents import Ground
+
+    names = NAMES + ["illegal_structure"]
+    img = np.zeros((100, 200, 3), np.uint8)
+    away = np.array([[0.0, 1.0]])  # camera a looks north: farther out is +y
+
+    def seen(book, t, xy, box):
+        d = Detections(np.array([box], np.float32), np.array([0.9], np.float32), np.array([3]))
+        return book.update("a", t, d, [None], img, Ground(np.array([xy], np.float64), np.array([0.3]), away))
+
+    def run(second_xy):
+        book = IncidentBook(str(tmp_path / f"s{second_xy}.db"), "edge1", names, RULES2, ListSink(), places=FakePlaces(),
+                            merge_radius_m={"illegal_structure": 5.0})
+        ev = []
+        for k in range(30):
+            t = 2.0 * k
+            full = t < 20 or t >= 40
+            ev += seen(book, t, (8.0, 10.0) if full else second_xy, [20, 10, 60, 60] if full else [20, 10, 60, 35])
+        return book, ev
+
+    book, ev = run((8.0, 16.0))  # 6 m farther out: the roof-only box while the truck stands there
+    assert [e.event for e in ev] == ["opened"], [(e.event, e.ts) for e in ev]
+    assert np.allclose(book.open_incidents()[0].ground, (8.0, 10.0))  # the hidden-foot sightings did not move it
+    _, side = run((14.0, 10.0))  # 6 m to the side: another shed
+    assert [e.event for e in side].count("opened") == 2

@@ -121,6 +121,31 @@ def test_intact_covers_refresh_the_inventory_ledger(tmp_path, two_cameras):
     assert loc.ledger.last_intact("3205820102000001") == 1234.0
 
 
+def test_open_manhole_where_the_inventory_has_no_cover_needs_a_surer_sighting(tmp_path, two_cameras):
+    a, _, maps = two_cameras
+    inv = Inventory.load(covers_file(tmp_path, (3.0, 20.0)))
+    loc = Locator(maps, NAMES, {"manhole_open": "centre"}, inventory=inv, off_inventory_open_threshold=0.8)
+    # at the cover (0.6), 8 m from it (a grate: 0.6 and 0.85), a ponding 8 m from it (0.6), a weak one at the cover
+    at, off = (3.3, 20.2), (-5.0, 20.0)
+    d = Detections(np.array([box_at(a, p, centre=True) for p in (at, off, off, off, at)], np.float32),
+                   np.array([0.6, 0.6, 0.85, 0.6, 0.4], np.float32), np.array([1, 1, 1, 2, 1]))
+    strong = np.array([True, True, True, True, False])
+    g = loc.ground("a", d, 1280, 720)
+    assert loc.off_inventory_weak(d, g, strong).tolist() == [True, False, True, True, False]
+    assert strong.tolist() == [True, True, True, True, False]  # the caller's array is left alone
+    # without the setting every sighting keeps its class threshold
+    plain = Locator(maps, NAMES, {"manhole_open": "centre"}, inventory=inv)
+    assert plain.off_inventory_weak(d, g, strong).tolist() == strong.tolist()
+
+
+def test_off_inventory_threshold_without_an_inventory_is_refused(tmp_path):
+    from edge.config import ConfigError, Site
+    site = Site.model_validate({"edge_id": "e1", "geo": {"off_inventory_open_threshold": 0.8},
+                                "cameras": [{"id": "cam1", "url": "rtsp://h/s", "rules": "r.yaml"}]})
+    with pytest.raises(ConfigError, match=r"site\.yaml: geo\.off_inventory_open_threshold needs geo\.inventory"):
+        Locator.from_site(site, tmp_path / "site.yaml", NAMES + ["material_pile", "illegal_structure"])
+
+
 def test_site_anchor_roundtrip_is_consistent():
     x, y = lonlat_to_local(*local_to_lonlat(12.0, -7.0, ANCHOR), ANCHOR)
     assert abs(x - 12.0) < 1e-6 and abs(y + 7.0) < 1e-6

@@ -638,6 +638,9 @@ def _truth(plan: Plan, layers: SiteLayers | None = None) -> dict:
 # ----------------------------------------------------------------------------- the site beside the clip
 COUNTY_CODE = "320582"  # GB/T 2260 张家港市, the anchor's county
 SITE_FILE, GRID_FILE, INVENTORY_FILE = "site.yaml", "grids.geojson", "covers.geojson"
+# the scenario's inventory is complete, so a cover-less spot that looks open gets the strictest threshold the
+# recipe ever picks (recipe.THRESHOLD_RANGE's top): drain grates score up to ~0.7 as open manholes
+OFF_INVENTORY_OPEN_THRESHOLD = 0.8
 GRID_CELL_M = 100.0  # a 万米单元网格 is nominally 10,000 m²
 GRID_REACH_M = 300.0  # the layer covers at least this far around the anchor, both cameras and all covers
 COMMUNITY_CELLS, STREET_COMMUNITIES = 3, 2  # a community is 3x3 cells, a street 2x2 communities
@@ -859,7 +862,8 @@ def site_dict(plan: Plan) -> dict:
         cams.append({"id": view.name, "url": f"{view.name}.mp4", "rules": f"rules/{view.name}.yaml",
                      "scan_interval_s": 2.0, "calibration": calib})
     return {"edge_id": f"synth-{plan.seed}", "admin_code": COUNTY_CODE, "state_dir": "var",
-            "geo": {"grid_layer": GRID_FILE, "inventory": INVENTORY_FILE}, "cameras": cams}
+            "geo": {"grid_layer": GRID_FILE, "inventory": INVENTORY_FILE,
+                    "off_inventory_open_threshold": OFF_INVENTORY_OPEN_THRESHOLD}, "cameras": cams}
 
 
 def grids_geojson(plan: Plan, grid: UnitGrid) -> dict:
@@ -887,7 +891,8 @@ _SITE_HEADER = """\
 # Synthetic site of scenario seed {seed}, written by `synth-scenario` beside its clips and truth.json
 # (regenerated with them: edit a copy). cam1 is calibrated by {n} surveyed control points (picking noise
 # ~{px} px, survey noise ~{cm:.0f} cm){cam2}.
-# {grid}: the unit-grid layer (100 m cells); {inv}: the manhole-cover inventory.
+# {grid}: the unit-grid layer (100 m cells); {inv}: the manhole-cover inventory. It holds every cover of the
+# street, so an open manhole where it has no cover (a drain grate, a dark patch) needs a score of {off_inv}.
 # Replay and score it (paths: this folder's):
 #   python run_edge.py replay --site site.yaml --events-out events.jsonl -q
 #   python run_edge.py score --truth truth.json --events events.jsonl
@@ -918,7 +923,7 @@ def write_site(out: Path, plan: Plan, layers: SiteLayers | None = None) -> Path:
     (out / "rules").mkdir(parents=True, exist_ok=True)
     cam2 = ";\n# cam2 by its installed pose (datasheet intrinsics)" if len(plan.views) > 1 else ""
     head = _SITE_HEADER.format(seed=plan.seed, n=N_CONTROL_POINTS, px=SURVEY_PX, cm=SURVEY_M * 100, cam2=cam2,
-                               grid=GRID_FILE, inv=INVENTORY_FILE)
+                               grid=GRID_FILE, inv=INVENTORY_FILE, off_inv=OFF_INVENTORY_OPEN_THRESHOLD)
     for view in plan.views:
         rules = {"camera": view.name, **SCENARIO_RULES}
         (out / "rules" / f"{view.name}.yaml").write_text(_RULES_HEADER.format(cam=view.name, seed=plan.seed)
