@@ -295,6 +295,12 @@ class GeoConfig(_Base):
     gcj02: bool = Field(False, description="also give GCJ-02 lon/lat (consumer maps in China) in messages")
     projected_crs: str | None = Field(None, description="also give x/y in this projected CRS, e.g. EPSG:4549")
 
+    @model_validator(mode="after")
+    def _bar_needs_inventory(self) -> "GeoConfig":
+        if self.off_inventory_open_threshold is not None and not self.inventory:
+            raise ValueError("off_inventory_open_threshold needs `inventory` (which covers the city has)")
+        return self
+
 
 class OutboxConfig(_Base):
     """How much the outbox may hold while the broker is away; over it, statuses go first, then `updated` events,

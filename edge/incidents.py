@@ -398,7 +398,7 @@ class IncidentBook:
         t.boxes[camera_id] = box.copy() if prev is None else 0.7 * prev + 0.3 * box
         t.last_seen = ts
         xy, acc = ground.xy[i], float(ground.accuracy_m[i])
-        beyond = 0.0 if t.ground is None else float(ground.subset(np.array([i])).far_side(t.ground)[0, 0])
+        beyond = 0.0 if t.ground is None else float(ground.far_side(t.ground)[i, 0])
         if np.all(np.isfinite(xy)) and beyond < 0.5 * float(self._radius[t.class_id]):
             # a sighting well beyond the place along its ray (its foot hidden) matches but does not move it
             wgt = 1.0 / max(acc if np.isfinite(acc) else 1.0, 0.1) ** 2

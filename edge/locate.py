@@ -18,7 +18,8 @@ import numpy as np
 from .calibration import GroundMap, ground_maps
 from .config import ConfigError, Site
 from .detections import Detections
-from .geo import CoverLedger, GridLayer, Inventory, Projector, local_to_lonlat, lonlat_to_local, wgs84_to_gcj02
+from .geo import (Component, CoverLedger, GridLayer, Inventory, Projector, local_to_lonlat, lonlat_to_local,
+                  wgs84_to_gcj02)
 from .incidents import Ground
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,6 @@ class Locator:
         unknown = sorted(named - set(class_names))
         if unknown:
             raise ConfigError(f"{site_path}: geo: classes {unknown} are not in the model (classes: {class_names})")
-        if g.off_inventory_open_threshold is not None and not g.inventory:
-            raise ConfigError(f"{site_path}: geo.off_inventory_open_threshold needs geo.inventory (which covers "
-                              "the city has)")
         maps = ground_maps(site, Path(site_path))
         grid = GridLayer.load(path(g.grid_layer), f"{site_path}: geo.grid_layer") if g.grid_layer else None
         inv = Inventory.load(path(g.inventory), f"{site_path}: geo.inventory") if g.inventory else None
@@ -112,7 +110,7 @@ class Locator:
         acc = np.asarray(gm.accuracy_m(uv), np.float64)
         bad = ~np.all(np.isfinite(xy), axis=1)
         acc[bad] = np.nan
-        return Ground(xy, acc, np.nan_to_num(away))
+        return Ground(xy, acc, away)
 
     def record_covers(self, dets: Detections, ground: Ground, ts: float) -> list[str]:
         """Intact covers seen in this scan refresh their inventory entry's last-seen-intact time."""
@@ -121,9 +119,7 @@ class Locator:
         sel = (dets.class_id == self._cover_id) & np.all(np.isfinite(ground.xy), axis=1)
         if not sel.any():
             return []
-        lon, lat = local_to_lonlat(ground.xy[sel, 0], ground.xy[sel, 1], self.anchor)
-        ids = sorted({c.component_id for c in self.inventory.nearest(np.atleast_1d(lon), np.atleast_1d(lat),
-                                                                      self.component_radius_m) if c is not None})
+        ids = sorted({c.component_id for c in self._covers_near(ground.xy[sel]) if c is not None})
         if ids:
             with self._ledger_lock:
                 self.ledger.record_intact(ids, ts)
@@ -140,11 +136,15 @@ class Locator:
         if not sel.any():
             return strong
         idx = np.flatnonzero(sel)
-        lon, lat = local_to_lonlat(ground.xy[idx, 0], ground.xy[idx, 1], self.anchor)
-        near = self.inventory.nearest(np.atleast_1d(lon), np.atleast_1d(lat), self.component_radius_m)
         out = strong.copy()
-        out[idx[np.array([c is None for c in near], bool)]] = False
+        out[idx[np.array([c is None for c in self._covers_near(ground.xy[idx])], bool)]] = False
         return out
+
+    def _covers_near(self, xy: np.ndarray) -> list[Component | None]:
+        """The inventory cover within `component_radius_m` of each site-frame point (None where there is none)."""
+        assert self.inventory is not None
+        lon, lat = local_to_lonlat(xy[:, 0], xy[:, 1], self.anchor)
+        return self.inventory.nearest(np.atleast_1d(lon), np.atleast_1d(lat), self.component_radius_m)
 
     # ------------------------------------------------------------------ Places
     def in_view(self, camera_id: str, xy: np.ndarray) -> bool:

@@ -139,11 +139,11 @@ def test_open_manhole_where_the_inventory_has_no_cover_needs_a_surer_sighting(tm
 
 
 def test_off_inventory_threshold_without_an_inventory_is_refused(tmp_path):
-    from edge.config import ConfigError, Site
-    site = Site.model_validate({"edge_id": "e1", "geo": {"off_inventory_open_threshold": 0.8},
-                                "cameras": [{"id": "cam1", "url": "rtsp://h/s", "rules": "r.yaml"}]})
-    with pytest.raises(ConfigError, match=r"site\.yaml: geo\.off_inventory_open_threshold needs geo\.inventory"):
-        Locator.from_site(site, tmp_path / "site.yaml", NAMES + ["material_pile", "illegal_structure"])
+    from edge.config import ConfigError, load_site
+    p = tmp_path / "site.yaml"
+    p.write_text("edge_id: e1\ngeo:\n  off_inventory_open_threshold: 0.8\ncameras:\n- {id: cam1, url: rtsp://h/s}\n")
+    with pytest.raises(ConfigError, match=r"site\.yaml:\d+: geo: off_inventory_open_threshold needs `inventory`"):
+        load_site(p)
 
 
 def test_site_anchor_roundtrip_is_consistent():
