@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Mapping, Protocol
 import numpy as np
 
 from .config import Rules
-from .detections import Detections, box_iou
+from .detections import Detections, box_inside_share, box_iou
 from .outbox import enqueue
 from .types import Frame, IncidentEvent
 
@@ -33,6 +33,9 @@ _NS = uuid.UUID("6b1f8f1e-6a43-4d4e-9a1e-1c0c1a7e0d11")
 # how much of a sighting's gap to a track counts when the sighting lies beyond it along the camera's ray (an
 # upright thing's foot hidden by a passing truck lands metres farther out: seen on held-out scenarios 841, 842)
 FAR_SIDE_WEIGHT = 0.5
+# share of a candidate's box inside an open upright incident's box from which, lying beyond that incident's foot,
+# it is taken for the incident's top read as another class
+TOP_INSIDE = 0.7
 
 
 class EventSink(Protocol):
@@ -103,6 +106,7 @@ class Track:
     ground: np.ndarray | None = None  # refined site-local position (metres)
     ground_w: float = 0.0  # sum of the weights (1/accuracy²) behind `ground`
     accuracy_m: float | None = None  # best single-sighting uncertainty
+    away: np.ndarray | None = None  # Ground.away of its latest sighting (upright things): unit ray from the camera
     evidence_dirty: bool = False  # evidence changed since it was last written to the state file
 
     @property
@@ -130,6 +134,21 @@ _COLUMNS = {"ground_x": "REAL", "ground_y": "REAL", "ground_w": "REAL", "accurac
             "evidence": "BLOB"}
 
 
+def _far_side_discounted(d: np.ndarray | float, far: np.ndarray | float) -> np.ndarray:
+    """Ground gap with the part `far` that lies beyond along the camera's ray weighted FAR_SIDE_WEIGHT."""
+    return np.sqrt(np.maximum(np.square(d) - (1.0 - FAR_SIDE_WEIGHT ** 2) * np.square(far), 0.0))
+
+
+def _top_of(t: Track, x: Track) -> bool:
+    """Is candidate `t` most likely the top of upright incident `x` boxed alone: beyond x's foot along the camera's
+    ray, with its box mostly inside x's box in a camera that saw both? (Held-out scenario 791: a truck hid a shed's
+    lower half and its roof was read as a board pile, 7.8 m beyond the shed's foot.) A thing in front of x is
+    nearer, not beyond, so it is never held back by this."""
+    if x.away is None or t.ground is None or x.ground is None or float((t.ground - x.ground) @ x.away) <= 0:
+        return False
+    return any(cam in x.boxes and box_inside_share(box, x.boxes[cam])[0, 0] >= TOP_INSIDE for cam, box in t.boxes.items())
+
+
 def _box_json(b: np.ndarray) -> list[float]:
     return [round(float(v), 2) for v in b]
 
@@ -143,7 +162,8 @@ def _track_state(t: Track) -> dict:
             "best_box": None if t.best_box is None else _box_json(t.best_box), "zone": t.zone,
             "incident_id": t.incident_id, "opened_ts": t.opened_ts, "last_update": t.last_update, "seq": t.seq,
             "image_size": list(t.image_size), "ground": None if t.ground is None else [float(v) for v in t.ground],
-            "ground_w": t.ground_w, "accuracy_m": t.accuracy_m}
+            "ground_w": t.ground_w, "accuracy_m": t.accuracy_m,
+            "away": None if t.away is None else [float(v) for v in t.away]}
 
 
 def _track_from(d: dict) -> Track:
@@ -154,7 +174,7 @@ def _track_from(d: dict) -> Track:
                  zone=d["zone"], incident_id=d["incident_id"], opened_ts=d["opened_ts"], last_update=d["last_update"],
                  seq=d["seq"], image_size=tuple(d["image_size"]),
                  ground=None if d["ground"] is None else np.array(d["ground"], np.float64), ground_w=d["ground_w"],
-                 accuracy_m=d["accuracy_m"])
+                 accuracy_m=d["accuracy_m"], away=None if d.get("away") is None else np.array(d["away"], np.float64))
 
 
 class IncidentBook:
@@ -398,6 +418,8 @@ class IncidentBook:
         t.boxes[camera_id] = box.copy() if prev is None else 0.7 * prev + 0.3 * box
         t.last_seen = ts
         xy, acc = ground.xy[i], float(ground.accuracy_m[i])
+        if ground.away is not None and np.any(ground.away[i]):
+            t.away = ground.away[i].astype(np.float64)
         beyond = 0.0 if t.ground is None else float(ground.far_side(t.ground)[i, 0])
         if np.all(np.isfinite(xy)) and beyond < 0.5 * float(self._radius[t.class_id]):
             # a sighting well beyond the place along its ray (its foot hidden) matches but does not move it
@@ -475,8 +497,7 @@ class IncidentBook:
         # an upright thing's sighting beyond an open incident along the camera's ray is most likely its foot
         # hidden or missed by the box: that part of the gap counts FAR_SIDE_WEIGHT. Not for candidates: a stray
         # box in front of a thing would otherwise collect that thing's second boxes and open as a case
-        far = ground.far_side(tg) * is_open[None, :]
-        d = np.sqrt(np.maximum(d ** 2 - (1.0 - FAR_SIDE_WEIGHT ** 2) * far ** 2, 0.0))
+        d = _far_side_discounted(d, ground.far_side(tg) * is_open[None, :])
         radius = self._radius[dets.class_id][:, None]
         by_ground = np.isfinite(d)
         score = np.where(by_ground & (d < radius), 2.0 - d / radius, -1.0)  # (1, 2]: ground matches go first
@@ -504,7 +525,10 @@ class IncidentBook:
             if x is t or not x.is_open or x.class_id != t.class_id:
                 continue
             if t.ground is not None and x.ground is not None:
-                if float(np.hypot(*(t.ground - x.ground))) < r:
+                # as in _match: a candidate beyond the incident along its ray (a hidden foot) may be that thing
+                gap = t.ground - x.ground
+                far = 0.0 if t.away is None else max(float(gap @ t.away), 0.0)
+                if float(_far_side_discounted(np.hypot(*gap), far)) < r:
                     return True
                 continue
             for cam, box in t.boxes.items():
@@ -516,13 +540,13 @@ class IncidentBook:
     def _taken(self, t: Track) -> bool:
         """Is the candidate's place already an open incident of another class? Then it is most likely that thing
         read as something else (a puddle seen as a garbage pile from the second camera), and the centre wants one
-        case per thing. Classes in `may_share_place` (an open manhole lies in a puddle) are never held back nor
-        hold others back; the candidate opens if that incident resolves while it is still seen."""
+        case per thing; so is its top boxed alone beyond an upright incident's foot (`_top_of`). Classes in
+        `may_share_place` (an open manhole lies in a puddle) are never held back nor hold others back; the candidate opens if that incident resolves while it is still seen."""
         if self._other_m <= 0 or t.ground is None or self._shares[t.class_id]:
             return False
         for x in self._tracks:
             if (x.is_open and x.class_id != t.class_id and not self._shares[x.class_id] and x.ground is not None
-                    and float(np.hypot(*(t.ground - x.ground))) < self._other_m):
+                    and (float(np.hypot(*(t.ground - x.ground))) < self._other_m or _top_of(t, x))):
                 log.debug("%s candidate at %s held back: open %s %s is there", self.class_names[t.class_id],
                           np.round(t.ground, 2).tolist(), self.class_names[x.class_id], x.incident_id)
                 return True

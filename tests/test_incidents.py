@@ -438,3 +438,55 @@ def test_an_upright_thing_whose_foot_is_hidden_stays_one_incident(tmp_path):
     assert np.allclose(book.open_incidents()[0].ground, (8.0, 10.0))  # the hidden-foot sightings did not move it
     _, side = run((14.0, 10.0))  # 6 m to the side: another shed
     assert [e.event for e in side].count("opened") == 2
+
+
+def test_a_hidden_foot_candidate_that_forms_beside_the_incident_does_not_open_a_second_case(tmp_path):
+    """Held-out scenario 852: one crop boxed a shed whole, another only its roof (a van in front), in the same
+    scans, so two candidates formed side by side and both reached their vote — the roof one, 6.8 m out along the
+    ray, opened a second case. A candidate beyond an open incident along its ray is that incident."""
+    from edge.incidents import Ground
+
+    names = NAMES + ["illegal_structure"]
+    img = np.zeros((100, 200, 3), np.uint8)
+
+    def run(roof_xy):
+        book = IncidentBook(str(tmp_path / f"s{roof_xy}.db"), "edge1", names, RULES2, ListSink(), places=FakePlaces(),
+                            merge_radius_m={"illegal_structure": 5.0})
+        d = Detections(np.array([[20, 10, 60, 60], [20, 10, 60, 35]], np.float32), np.array([0.9, 0.9], np.float32),
+                       np.array([3, 3]))
+        g = Ground(np.array([(8.0, 10.0), roof_xy], np.float64), np.array([0.3, 0.3]), np.array([[0.0, 1.0]] * 2))
+        return [e for k in range(20) for e in book.update("a", 2.0 * k, d, [None, None], img, g)]
+
+    ev = run((8.0, 16.5))  # the roof-only box: 6.5 m farther out
+    assert [e.event for e in ev] == ["opened"], [(e.event, e.ts) for e in ev]
+    assert [e.event for e in run((14.5, 10.0))].count("opened") == 2  # 6.5 m to the side: another shed
+
+
+def test_an_upright_things_top_read_as_another_class_opens_nothing(tmp_path):
+    """Held-out scenario 791: a truck hid a shed's lower half and cam1 read its roof as a board pile, 7.8 m beyond
+    the shed's foot along the ray: a false case. A candidate beyond an open upright incident, its box mostly inside
+    that incident's box, is the incident's top. A pile in front of the shed, or beside it, still opens."""
+    from edge.incidents import Ground
+
+    names = NAMES + ["illegal_structure", "material_pile"]
+    img = np.zeros((100, 200, 3), np.uint8)
+    away = np.array([[0.0, 1.0]])
+
+    def run(pile_xy, pile_box):
+        book = IncidentBook(str(tmp_path / f"t{pile_xy}{pile_box}.db"), "edge1", names, RULES2, ListSink(),
+                            places=FakePlaces(), merge_radius_m={"illegal_structure": 5.0}, other_class_m=1.5)
+        ev = []
+        for k in range(20):  # the shed is not seen for 24 s: under resolve_after_s, it stays open
+            t = 2.0 * k
+            if k < 8:  # the shed, whole
+                d, xy, box = Detections(np.array([[20, 10, 60, 60]], np.float32), np.array([0.9], np.float32),
+                                        np.array([3])), (8.0, 10.0), None
+            else:  # the truck stands in front: only the top shows, read as a material pile
+                d = Detections(np.array([pile_box], np.float32), np.array([0.9], np.float32), np.array([4]))
+                xy = pile_xy
+            ev += book.update("a", t, d, [None], img, Ground(np.array([xy], np.float64), np.array([0.3]), away))
+        return [e.class_name for e in ev if e.event == "opened"]
+
+    assert run((8.0, 17.8), [22, 10, 58, 30]) == ["illegal_structure"]  # the roof: held back
+    assert run((8.0, 6.0), [22, 40, 58, 62]) == ["illegal_structure", "material_pile"]  # a pile in front of it
+    assert run((8.0, 17.8), [120, 10, 160, 30]) == ["illegal_structure", "material_pile"]  # one seen elsewhere
