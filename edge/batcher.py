@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .detections import Detections
-from .detector import Detector, tile_crops
+from .detector import Detector, frame_size, tile_crops
 from .types import Pixels
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class SharedDetector:
         det = self.detector
         batch, params = det.preprocess(tile_crops(image, tiles))
         output = self._infer(batch)
-        return det.merge_tiles(det.postprocess(output, params, conf), tiles)
+        return det.merge_tiles(det.postprocess(output, params, conf), tiles, frame_size(image))
 
     def detect(self, image: Pixels, conf: float | Sequence[float] | np.ndarray | None = None) -> Detections:
         return self.detect_tiled(image, (), conf)

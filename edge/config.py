@@ -119,7 +119,9 @@ class Rules(_Base):
     tiles: list[tuple[float, float, float, float]] = Field(
         default_factory=list, description="[x0, y0, x1, y1] rectangles (normalised) also scanned as crops at up to "
         "native resolution, for small far things (a manhole 40 m away is a few pixels once the whole frame is "
-        "shrunk to the model's input); each tile costs one more inference per scan")
+        "shrunk to the model's input); each tile costs one more inference per scan. Let neighbouring tiles "
+        "overlap by about the size of a far thing: a box cut by a tile's edge gives way to another view's uncut "
+        "box, and without one it sees only part of the thing")
     profiles: dict[str, Profile] = Field(default_factory=dict, description="named variants the centre can switch "
                                          "to (command `profile`); `default` (reserved) means the rules above as they are")
 

@@ -133,11 +133,7 @@ class Detections:
         return w * h
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of ``(n, 4)`` and ``(m, 4)`` xyxy boxes -> ``(n, m)`` float64.
-
-    Zero-area pairs give 0 rather than NaN, so a degenerate box never matches anything.
-    """
+def _areas_and_intersections(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
@@ -145,6 +141,21 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     top_left = np.maximum(a[:, None, :2], b[None, :, :2])
     bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
     wh = np.clip(bottom_right - top_left, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
+    return area_a, area_b, wh[..., 0] * wh[..., 1]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of ``(n, 4)`` and ``(m, 4)`` xyxy boxes -> ``(n, m)`` float64.
+
+    Zero-area pairs give 0 rather than NaN, so a degenerate box never matches anything.
+    """
+    area_a, area_b, inter = _areas_and_intersections(a, b)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def box_inside_share(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise share of each ``a`` box's area that lies inside each ``b`` box -> ``(n, m)`` float64 (0 for a
+    degenerate ``a``): is a box part of a bigger one, whatever their sizes."""
+    area_a, _, inter = _areas_and_intersections(a, b)
+    return np.divide(inter, area_a[:, None], out=np.zeros_like(inter), where=area_a[:, None] > 0)

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from edge.detections import Detections
+from edge.detections import Detections, box_inside_share
 from edge.manifest import MANIFEST_SUFFIX, Manifest, ManifestError, load_manifest, manifest_path_for, model_path_of
 from edge.types import Pixels, Yuv420
 
@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 # Cap on candidates entering NMS (as ultralytics' max_nms): bounds the cost of a frame full of noise.
 MAX_NMS_CANDIDATES = 30000
+# A tile's box within this many pixels of the tile's edge inside the frame is cut by it; it gives way to an uncut
+# box (any view, any class) that holds at least CUT_HELD_SHARE of it.
+CUT_EDGE_PX = 2.0
+CUT_HELD_SHARE = 0.6
 
 
 class ModelMismatchError(ValueError):
@@ -337,16 +341,19 @@ class Detector:
         small far thing is seen at up to native resolution; boxes in frame pixels, duplicates removed by NMS."""
         if not tiles:
             return self.detect(image, conf)
-        return self.merge_tiles(self.detect_batch(tile_crops(image, tiles), conf), tiles)
+        return self.merge_tiles(self.detect_batch(tile_crops(image, tiles), conf), tiles, frame_size(image))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The model on a preprocessed batch (one call where the batch dimension is free)."""
         return self._run(batch)
 
-    def merge_tiles(self, found: Sequence[Detections], tiles: Sequence[tuple[int, int, int, int]]) -> Detections:
-        """Detections of the whole frame and of its tile crops (as `tile_crops` made them) as one set in frame
-        pixels: each crop's boxes shifted to its place, and one box kept where the whole frame and a tile (or
-        two overlapping tiles) saw the same thing."""
+    def merge_tiles(self, found: Sequence[Detections], tiles: Sequence[tuple[int, int, int, int]],
+                    size: tuple[int, int]) -> Detections:
+        """Detections of the whole frame (`size` = width, height) and of its tile crops (as `tile_crops` made them)
+        as one set in frame pixels: each crop's boxes shifted to its place, and one box kept where the whole frame
+        and a tile (or two overlapping tiles) saw the same thing. A tile's box cut by the tile's edge inside the
+        frame sees part of a thing, and is dropped where another view's uncut box holds it: held-out scenario 821,
+        a far puddle split by the two half tiles read as a material pile on one side of the cut (0.91)."""
         if not tiles:
             return found[0]
         shifted = [found[0]] + [replace(d, xyxy=d.xyxy + np.array([x0, y0, x0, y0], dtype=d.xyxy.dtype))
@@ -354,8 +361,26 @@ class Detector:
         merged = Detections.merge(shifted)
         if len(merged) == 0:
             return merged
+        w, h = size
+        inner = [np.zeros(4)] + [np.array([x0, y0, -x1, -y1], np.float64) * [x0 > 0, y0 > 0, x1 < w, y1 < h]
+                                 for x0, y0, x1, y1 in tiles]  # the tile's edges inside the frame (0: none)
+        signs = np.array([1.0, 1.0, -1.0, -1.0])
+        edge = np.concatenate([np.repeat(e[None], len(d), axis=0) for e, d in zip(inner, shifted)])
+        cut = ((edge != 0) & (np.abs(merged.xyxy * signs - edge) <= CUT_EDGE_PX)).any(axis=1)
+        if cut.any() and (~cut).any():
+            held = (box_inside_share(merged.xyxy[cut], merged.xyxy[~cut]) >= CUT_HELD_SHARE).any(axis=1)
+            drop = np.flatnonzero(cut)[held]
+            if len(drop):
+                merged = merged[np.setdiff1d(np.arange(len(merged)), drop)]
         return merged[nms(merged.xyxy, merged.confidence, merged.class_id, self.manifest.nms_iou,
                           self.manifest.max_detections)]
+
+
+def frame_size(image: Pixels) -> tuple[int, int]:
+    """(width, height) of a BGR frame or I420 planes."""
+    if isinstance(image, Yuv420):
+        return image.width, image.height
+    return int(image.shape[1]), int(image.shape[0])
 
 
 def tile_crops(image: Pixels, tiles: Sequence[tuple[int, int, int, int]]) -> list[Pixels]:

@@ -411,3 +411,30 @@ def test_a_frame_converts_its_planes_once_and_only_when_asked() -> None:
     assert img.shape == (180, 320, 3) and frame.image is img
     assert np.abs(img.astype(int) - bgr.astype(int)).mean() < 3
     assert Frame("cam", 0.0, bgr).image is bgr and Frame("cam", 0.0, bgr).size == (320, 180)
+
+
+def test_a_box_cut_by_a_tiles_inner_edge_gives_way_to_an_uncut_view(tmp_path):
+    """Held-out scenario 821: the two half tiles split a far puddle at x=640; the left part was read as a material
+    pile at 0.91 and opened a false case. A tile's box cut by the tile's edge inside the frame is dropped where an
+    uncut box of another view holds it; with no such box it stays (it may be the only sighting), and a box at the
+    frame's own border is not cut."""
+    from const_site import write_model
+
+    from edge.detections import Detections
+    from edge.detector import Detector
+
+    det = Detector(write_model(tmp_path))
+
+    def dets(boxes, cls):
+        return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.full(len(boxes), 0.9, np.float32),
+                          np.array(cls, np.int64))
+
+    tiles = [(0, 0, 640, 720), (640, 0, 1280, 720), (427, 0, 853, 432)]
+    found = [dets([], []),
+             dets([[586, 69, 640, 108], [600, 560, 640, 620], [0, 300, 50, 340]], [1, 1, 1]),  # left half
+             dets([[0, 68, 72, 111]], [0]),  # right half: the puddle's right part
+             dets([[159, 68, 285, 111]], [0])]  # the far crop: the whole puddle
+    got = det.merge_tiles(found, tiles, (1280, 720))
+    boxes = sorted(map(tuple, np.round(got.xyxy).astype(int).tolist()))
+    assert boxes == [(0, 300, 50, 340), (586, 68, 712, 111), (600, 560, 640, 620)]
+    assert got.class_id[np.argmin(np.abs(got.xyxy[:, 2] - 712))] == 0  # the puddle, whole
