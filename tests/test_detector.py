@@ -438,3 +438,32 @@ def test_a_box_cut_by_a_tiles_inner_edge_gives_way_to_an_uncut_view(tmp_path):
     boxes = sorted(map(tuple, np.round(got.xyxy).astype(int).tolist()))
     assert boxes == [(0, 300, 50, 340), (586, 68, 712, 111), (600, 560, 640, 620)]
     assert got.class_id[np.argmin(np.abs(got.xyxy[:, 2] - 712))] == 0  # the puddle, whole
+
+
+def test_a_box_a_tiles_edge_only_trims_keeps_its_score(tmp_path):
+    """Scenario 851: a puddle's far-crop box (ponding 0.86) ended 1 px inside the crop's edge and the whole frame's
+    box (0.78, under ponding's threshold) went 14 px further; dropping the crop's box as "cut" lost the puddle's
+    sure sightings. An edge that only trims a box by a few pixels leaves it; one where the uncut view shows the
+    thing going on well past the cut still drops it (the test above)."""
+    from const_site import write_model
+
+    from edge.detections import Detections
+    from edge.detector import Detector
+
+    det = Detector(write_model(tmp_path))
+
+    def dets(boxes, cls, conf):
+        return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.array(conf, np.float32),
+                          np.array(cls, np.int64))
+
+    tiles = [(0, 0, 640, 720), (640, 0, 1280, 720), (640, 0, 1067, 432)]
+    found = [dets([[990, 256, 1080, 281], [637, 339, 700, 372]], [0, 2], [0.78, 0.73]),  # whole frame
+             dets([], [], []),
+             dets([[0, 339, 60, 372]], [2], [0.87]),  # right half: a cover trimmed 3 px by x=640
+             dets([[352, 254, 426, 281]], [0], [0.86])]  # far crop: the puddle, its last 14 px cut off at 1067
+    got = det.merge_tiles(found, tiles, (1280, 720))
+    by_class = {int(c): (round(float(s), 2), tuple(np.round(b).astype(int).tolist()))
+                for c, s, b in zip(got.class_id, got.confidence, got.xyxy)}
+    assert len(got) == 2
+    assert by_class[0] == (0.86, (992, 254, 1066, 281))  # the sure view kept, not the 0.78 under the threshold
+    assert by_class[2] == (0.87, (640, 339, 700, 372))
