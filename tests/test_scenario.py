@@ -218,9 +218,11 @@ def test_the_clip_comes_with_a_site_that_loads(clip) -> None:
         assert (out / cam.url).is_file() and cam.scan_interval_s == 2.0
         rules = load_rules(rules_path(out / "site.yaml", cam))
         assert rules.camera == cam.id and rules.resolve_after_s == 30.0 and rules.persistence.window_s == 20.0
-        # both halves of the frame, and the far ground (its upper 60 %) in three near-square crops
+        # both halves of the frame, and the far ground (its upper 60 %) in near-square crops
         assert rules.tiles[:2] == [(0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)]
-        assert [t[3] for t in rules.tiles[2:]] == [0.6] * 3 and rules.tiles[-1][2] == 1.0
+        far = rules.tiles[2:]  # overlapping crops of the upper 60 %, so no far thing is cut by every crop's edge
+        assert [t[3] for t in far] == [0.6] * 5 and far[0][0] == 0.0 and far[-1][2] == 1.0
+        assert all(a[2] > b[0] for a, b in zip(far, far[1:]))
         a = cam.calibration.anchor
         assert {"lon": a.lon, "lat": a.lat} == cams[cam.id]["geo_anchor"]
     cal1, cal2 = site.cameras[0].calibration, site.cameras[1].calibration
