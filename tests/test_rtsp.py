@@ -140,8 +140,11 @@ class ScriptedCamera:
                     headers = f"Session: {self.session}\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n"
                 reply = (f"RTSP/1.0 {status}\r\nCSeq: {cseq}\r\n{headers}Content-Length: {len(body)}\r\n\r\n"
                          ).encode() + body
-                with self.lock:
-                    conn.sendall(reply)
+                try:
+                    with self.lock:
+                        conn.sendall(reply)
+                except OSError:  # the client under test hung up first (a refused SETUP, a stop): its right
+                    return
                 if method == "PLAY":
                     threading.Thread(target=self.send_stream, args=(conn,), daemon=True).start()
 
