@@ -413,6 +413,12 @@ def test_a_frame_converts_its_planes_once_and_only_when_asked() -> None:
     assert Frame("cam", 0.0, bgr).image is bgr and Frame("cam", 0.0, bgr).size == (320, 180)
 
 
+def _tile_dets(boxes: list, cls: list, conf: float | list = 0.9) -> Detections:
+    """One view's detections for the tile-merging tests (boxes in that view's pixels)."""
+    return Detections(np.array(boxes, np.float32).reshape(-1, 4),
+                      np.broadcast_to(np.asarray(conf, np.float32), (len(boxes),)).copy(), np.array(cls, np.int64))
+
+
 def test_a_box_cut_by_a_tiles_inner_edge_gives_way_to_an_uncut_view(tmp_path):
     """Held-out scenario 821: the two half tiles split a far puddle at x=640; the left part was read as a material
     pile at 0.91 and opened a false case. A tile's box cut by the tile's edge inside the frame is dropped where an
@@ -420,20 +426,12 @@ def test_a_box_cut_by_a_tiles_inner_edge_gives_way_to_an_uncut_view(tmp_path):
     frame's own border is not cut."""
     from const_site import write_model
 
-    from edge.detections import Detections
-    from edge.detector import Detector
-
     det = Detector(write_model(tmp_path))
-
-    def dets(boxes, cls):
-        return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.full(len(boxes), 0.9, np.float32),
-                          np.array(cls, np.int64))
-
     tiles = [(0, 0, 640, 720), (640, 0, 1280, 720), (427, 0, 853, 432)]
-    found = [dets([], []),
-             dets([[586, 69, 640, 108], [600, 560, 640, 620], [0, 300, 50, 340]], [1, 1, 1]),  # left half
-             dets([[0, 68, 72, 111]], [0]),  # right half: the puddle's right part
-             dets([[159, 68, 285, 111]], [0])]  # the far crop: the whole puddle
+    found = [_tile_dets([], []),
+             _tile_dets([[586, 69, 640, 108], [600, 560, 640, 620], [0, 300, 50, 340]], [1, 1, 1]),  # left half
+             _tile_dets([[0, 68, 72, 111]], [0]),  # right half: the puddle's right part
+             _tile_dets([[159, 68, 285, 111]], [0])]  # the far crop: the whole puddle
     got = det.merge_tiles(found, tiles, (1280, 720))
     boxes = sorted(map(tuple, np.round(got.xyxy).astype(int).tolist()))
     assert boxes == [(0, 300, 50, 340), (586, 68, 712, 111), (600, 560, 640, 620)]
@@ -447,20 +445,12 @@ def test_a_box_a_tiles_edge_only_trims_keeps_its_score(tmp_path):
     thing going on well past the cut still drops it (the test above)."""
     from const_site import write_model
 
-    from edge.detections import Detections
-    from edge.detector import Detector
-
     det = Detector(write_model(tmp_path))
-
-    def dets(boxes, cls, conf):
-        return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.array(conf, np.float32),
-                          np.array(cls, np.int64))
-
     tiles = [(0, 0, 640, 720), (640, 0, 1280, 720), (640, 0, 1067, 432)]
-    found = [dets([[990, 256, 1080, 281], [637, 339, 700, 372]], [0, 2], [0.78, 0.73]),  # whole frame
-             dets([], [], []),
-             dets([[0, 339, 60, 372]], [2], [0.87]),  # right half: a cover trimmed 3 px by x=640
-             dets([[352, 254, 426, 281]], [0], [0.86])]  # far crop: the puddle, its last 14 px cut off at 1067
+    found = [_tile_dets([[990, 256, 1080, 281], [637, 339, 700, 372]], [0, 2], [0.78, 0.73]),  # whole frame
+             _tile_dets([], [], []),
+             _tile_dets([[0, 339, 60, 372]], [2], [0.87]),  # right half: a cover trimmed 3 px by x=640
+             _tile_dets([[352, 254, 426, 281]], [0], [0.86])]  # far crop: the puddle, its last 14 px cut off at 1067
     got = det.merge_tiles(found, tiles, (1280, 720))
     by_class = {int(c): (round(float(s), 2), tuple(np.round(b).astype(int).tolist()))
                 for c, s, b in zip(got.class_id, got.confidence, got.xyxy)}
