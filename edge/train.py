@@ -121,12 +121,19 @@ def export_onnx(weights: Path, input_hw: tuple[int, int], dst: Path, config_dir:
     compute as 416x416 on 1.5x the pixels of the frame. Whether that pays depends on the tiles the box
     scans too (measured: README, "Training your own")."""
     offline_ultralytics(config_dir)
+    import tempfile
+
     from ultralytics import YOLO
 
-    model = YOLO(str(weights))
-    f = model.export(format="onnx", imgsz=list(input_hw), opset=17, dynamic=False, simplify=True, device="cpu")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(f, dst)
+    # ultralytics writes the export beside the checkpoint: from models/<name>.pt that would overwrite the
+    # shipped models/<name>.onnx before the manifest's sha256 is renewed, so export from a private copy
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        src = Path(tmp) / Path(weights).name
+        shutil.copyfile(weights, src)
+        f = YOLO(str(src)).export(format="onnx", imgsz=list(input_hw), opset=17, dynamic=False, simplify=True,
+                                  device="cpu")
+        shutil.copy(f, dst)
     make_batch_dynamic(dst)
     return dst
 

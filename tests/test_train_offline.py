@@ -38,7 +38,9 @@ GUARD = textwrap.dedent(
     out = Path(sys.argv[1])
     data = write_dataset(out / "data", 8, seed=3, imgsz=320, workers=1)
     best = train_yolo(data, out, epochs=1, imgsz=160, batch=4)
+    beside = sorted(p.name for p in best.parent.iterdir())
     onnx = export_onnx(best, (128, 160), out / "m.onnx", out / ".ultralytics")
+    assert sorted(p.name for p in best.parent.iterdir()) == beside, "the export wrote beside the checkpoint"
     write_manifest(onnx, "m", "0", (128, 160), {})
     print("ATTEMPTS " + json.dumps(attempts))
     """
