@@ -121,7 +121,8 @@ class Rules(_Base):
         "native resolution, for small far things (a manhole 40 m away is a few pixels once the whole frame is "
         "shrunk to the model's input); each tile costs one more inference per scan. Let neighbouring tiles "
         "overlap by about the size of a far thing: a box cut by a tile's edge gives way to another view's uncut "
-        "box, and without one it sees only part of the thing")
+        "box that shows the thing going on past the cut (by a quarter of the cut box's size or more), and without "
+        "one it sees only part of the thing; a box the edge only trims keeps its own score")
     profiles: dict[str, Profile] = Field(default_factory=dict, description="named variants the centre can switch "
                                          "to (command `profile`); `default` (reserved) means the rules above as they are")
 
