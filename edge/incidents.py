@@ -107,6 +107,8 @@ class Track:
     ground_w: float = 0.0  # sum of the weights (1/accuracy²) behind `ground`
     accuracy_m: float | None = None  # best single-sighting uncertainty
     away: np.ndarray | None = None  # Ground.away of its latest sighting (upright things): unit ray from the camera
+    # the same per camera (its latest sighting there): which way is "beyond" depends on where one looks from
+    aways: dict = field(default_factory=dict)
     evidence_dirty: bool = False  # evidence changed since it was last written to the state file
 
     @property
@@ -143,10 +145,14 @@ def _top_of(t: Track, x: Track) -> bool:
     """Is candidate `t` most likely the top of upright incident `x` boxed alone: beyond x's foot along the camera's
     ray, with its box mostly inside x's box in a camera that saw both? (Held-out scenario 791: a truck hid a shed's
     lower half and its roof was read as a board pile, 7.8 m beyond the shed's foot.) A thing in front of x is
-    nearer, not beyond, so it is never held back by this."""
-    if x.away is None or t.ground is None or x.ground is None or float((t.ground - x.ground) @ x.away) <= 0:
+    nearer, not beyond, so it is never held back by this. "Beyond" is along the ray of the camera whose box holds
+    the candidate: from a camera across the street the same roof lies nearer than the foot (held-out 871: the
+    shed's latest sighting was the other camera's, and its roof opened as a pile)."""
+    if t.ground is None or x.ground is None:
         return False
-    return any(cam in x.boxes and box_inside_share(box, x.boxes[cam])[0, 0] >= TOP_INSIDE for cam, box in t.boxes.items())
+    gap = t.ground - x.ground
+    return any(cam in x.boxes and cam in x.aways and float(gap @ x.aways[cam]) > 0
+               and box_inside_share(box, x.boxes[cam])[0, 0] >= TOP_INSIDE for cam, box in t.boxes.items())
 
 
 def _box_json(b: np.ndarray) -> list[float]:
@@ -163,7 +169,8 @@ def _track_state(t: Track) -> dict:
             "incident_id": t.incident_id, "opened_ts": t.opened_ts, "last_update": t.last_update, "seq": t.seq,
             "image_size": list(t.image_size), "ground": None if t.ground is None else [float(v) for v in t.ground],
             "ground_w": t.ground_w, "accuracy_m": t.accuracy_m,
-            "away": None if t.away is None else [float(v) for v in t.away]}
+            "away": None if t.away is None else [float(v) for v in t.away],
+            "aways": {c: [float(v) for v in a] for c, a in t.aways.items()}}
 
 
 def _track_from(d: dict) -> Track:
@@ -174,7 +181,8 @@ def _track_from(d: dict) -> Track:
                  zone=d["zone"], incident_id=d["incident_id"], opened_ts=d["opened_ts"], last_update=d["last_update"],
                  seq=d["seq"], image_size=tuple(d["image_size"]),
                  ground=None if d["ground"] is None else np.array(d["ground"], np.float64), ground_w=d["ground_w"],
-                 accuracy_m=d["accuracy_m"], away=None if d.get("away") is None else np.array(d["away"], np.float64))
+                 accuracy_m=d["accuracy_m"], away=None if d.get("away") is None else np.array(d["away"], np.float64),
+                 aways={c: np.array(a, np.float64) for c, a in d.get("aways", {}).items()})
 
 
 class IncidentBook:
@@ -420,6 +428,7 @@ class IncidentBook:
         xy, acc = ground.xy[i], float(ground.accuracy_m[i])
         if ground.away is not None and np.any(ground.away[i]):
             t.away = ground.away[i].astype(np.float64)
+            t.aways[camera_id] = t.away
         beyond = 0.0 if t.ground is None else float(ground.far_side(t.ground)[i, 0])
         if np.all(np.isfinite(xy)) and beyond < 0.5 * float(self._radius[t.class_id]):
             # a sighting well beyond the place along its ray (its foot hidden) matches but does not move it

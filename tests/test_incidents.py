@@ -490,3 +490,62 @@ def test_an_upright_things_top_read_as_another_class_opens_nothing(tmp_path):
     assert run((8.0, 17.8), [22, 10, 58, 30]) == ["illegal_structure"]  # the roof: held back
     assert run((8.0, 6.0), [22, 40, 58, 62]) == ["illegal_structure", "material_pile"]  # a pile in front of it
     assert run((8.0, 17.8), [120, 10, 160, 30]) == ["illegal_structure", "material_pile"]  # one seen elsewhere
+
+
+def test_an_upright_things_top_is_judged_along_the_ray_of_the_camera_that_boxed_it(tmp_path):
+    """Held-out scenario 871: both cameras boxed a shed; cam1 read its roof as a material pile 4.4 m beyond the
+    foot along cam1's ray, but the shed's latest sighting was cam2's, from across the street, along whose ray the
+    roof lies nearer, so the top-of check let it open a false case. "Beyond" is the boxing camera's."""
+    from edge.incidents import Ground
+
+    names = NAMES + ["illegal_structure", "material_pile"]
+    img = np.zeros((100, 200, 3), np.uint8)
+    ray = {"a": np.array([[0.0, 1.0]]), "b": np.array([[0.0, -1.0]])}  # a looks north, b looks south at it
+    shed = Detections(np.array([[20, 10, 60, 60]], np.float32), np.array([0.9], np.float32), np.array([3]))
+
+    def opened(pile_xy, pile_box, order=("a", "b")):
+        book = IncidentBook(str(tmp_path / f"t{pile_xy}{pile_box}{order}.db"), "edge1", names, RULES2, ListSink(),
+                            places=FakePlaces(), merge_radius_m={"illegal_structure": 5.0}, other_class_m=1.5)
+        ev = []
+        for k in range(20):
+            t = 2.0 * k
+            for cam in order:  # the last camera of each scan is the shed's latest sighting
+                if cam == "a" and k >= 8:  # cam a: a truck hides the shed's lower half, its roof reads as a pile
+                    d, xy = Detections(np.array([pile_box], np.float32), np.array([0.9], np.float32), np.array([4])), pile_xy
+                else:
+                    d, xy = shed, (8.0, 10.0)
+                ev += book.update(cam, t, d, [None], img, Ground(np.array([xy], np.float64), np.array([0.3]), ray[cam]))
+        return [e.class_name for e in ev if e.event == "opened"]
+
+    assert opened((8.0, 14.4), [22, 10, 58, 30]) == ["illegal_structure"]  # the roof, cam b seen last: held back
+    assert opened((8.0, 14.4), [22, 10, 58, 30], order=("b", "a")) == ["illegal_structure"]
+    # nearer than the foot along cam a's own ray: a real pile in front of the shed still opens
+    assert opened((8.0, 6.0), [22, 40, 58, 62]) == ["illegal_structure", "material_pile"]
+
+
+def test_the_rays_that_judge_an_upright_things_top_survive_a_restart(tmp_path):
+    """The per-camera rays are part of a track's state: after a restart the roof is still held back."""
+    from edge.incidents import Ground
+
+    names = NAMES + ["illegal_structure", "material_pile"]
+    img = np.zeros((100, 200, 3), np.uint8)
+    ray = {"a": np.array([[0.0, 1.0]]), "b": np.array([[0.0, -1.0]])}
+    shed = Detections(np.array([[20, 10, 60, 60]], np.float32), np.array([0.9], np.float32), np.array([3]))
+    roof = Detections(np.array([[22, 10, 58, 30]], np.float32), np.array([0.9], np.float32), np.array([4]))
+    db = str(tmp_path / "state.db")
+
+    def book():
+        return IncidentBook(db, "edge1", names, RULES2, ListSink(), places=FakePlaces(),
+                            merge_radius_m={"illegal_structure": 5.0}, other_class_m=1.5)
+
+    first, ev = book(), []
+    for k in range(8):
+        for cam in ("a", "b"):
+            ev += first.update(cam, 2.0 * k, shed, [None], img, Ground(np.array([(8.0, 10.0)]), np.array([0.3]), ray[cam]))
+    assert [e.class_name for e in ev if e.event == "opened"] == ["illegal_structure"]
+    first.close()
+    second, ev = book(), []
+    for k in range(8, 20):
+        ev += second.update("a", 2.0 * k, roof, [None], img, Ground(np.array([(8.0, 14.4)]), np.array([0.3]), ray["a"]))
+        ev += second.update("b", 2.0 * k, shed, [None], img, Ground(np.array([(8.0, 10.0)]), np.array([0.3]), ray["b"]))
+    assert [e.event for e in ev if e.event == "opened"] == []
