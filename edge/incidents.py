@@ -106,14 +106,19 @@ class Track:
     ground: np.ndarray | None = None  # refined site-local position (metres)
     ground_w: float = 0.0  # sum of the weights (1/accuracy²) behind `ground`
     accuracy_m: float | None = None  # best single-sighting uncertainty
-    away: np.ndarray | None = None  # Ground.away of its latest sighting (upright things): unit ray from the camera
-    # the same per camera (its latest sighting there): which way is "beyond" depends on where one looks from
+    # camera id -> Ground.away of its latest sighting there (upright things): the unit ray from that camera, since
+    # which way is "beyond" depends on where one looks from; the camera seen latest is last
     aways: dict = field(default_factory=dict)
     evidence_dirty: bool = False  # evidence changed since it was last written to the state file
 
     @property
     def is_open(self) -> bool:
         return self.incident_id is not None
+
+    @property
+    def away(self) -> np.ndarray | None:
+        """The ray of its latest sighting from any camera."""
+        return next(reversed(self.aways.values()), None)
 
 
 @dataclass(frozen=True)
@@ -169,20 +174,20 @@ def _track_state(t: Track) -> dict:
             "incident_id": t.incident_id, "opened_ts": t.opened_ts, "last_update": t.last_update, "seq": t.seq,
             "image_size": list(t.image_size), "ground": None if t.ground is None else [float(v) for v in t.ground],
             "ground_w": t.ground_w, "accuracy_m": t.accuracy_m,
-            "away": None if t.away is None else [float(v) for v in t.away],
             "aways": {c: [float(v) for v in a] for c, a in t.aways.items()}}
 
 
 def _track_from(d: dict) -> Track:
     arr = lambda v: None if v is None else np.array(v, np.float32)  # noqa: E731
+    # a state from before the rays were kept per camera has only the latest one: put it under the track's camera
+    aways = d.get("aways", {} if d.get("away") is None else {d["camera_id"]: d["away"]})
     return Track(d["key"], d["camera_id"], d["class_id"], arr(d["box"]), d["first_ts"], d["last_seen"],
                  votes={c: deque(((ts, bool(s)) for ts, s in v), maxlen=512) for c, v in d["votes"].items()},
                  boxes={c: arr(b) for c, b in d["boxes"].items()}, best_conf=d["best_conf"], best_box=arr(d["best_box"]),
                  zone=d["zone"], incident_id=d["incident_id"], opened_ts=d["opened_ts"], last_update=d["last_update"],
                  seq=d["seq"], image_size=tuple(d["image_size"]),
                  ground=None if d["ground"] is None else np.array(d["ground"], np.float64), ground_w=d["ground_w"],
-                 accuracy_m=d["accuracy_m"], away=None if d.get("away") is None else np.array(d["away"], np.float64),
-                 aways={c: np.array(a, np.float64) for c, a in d.get("aways", {}).items()})
+                 accuracy_m=d["accuracy_m"], aways={c: np.array(a, np.float64) for c, a in aways.items()})
 
 
 class IncidentBook:
@@ -427,8 +432,8 @@ class IncidentBook:
         t.last_seen = ts
         xy, acc = ground.xy[i], float(ground.accuracy_m[i])
         if ground.away is not None and np.any(ground.away[i]):
-            t.away = ground.away[i].astype(np.float64)
-            t.aways[camera_id] = t.away
+            t.aways.pop(camera_id, None)  # re-inserted last: `away` is the latest sighting's
+            t.aways[camera_id] = ground.away[i].astype(np.float64)
         beyond = 0.0 if t.ground is None else float(ground.far_side(t.ground)[i, 0])
         if np.all(np.isfinite(xy)) and beyond < 0.5 * float(self._radius[t.class_id]):
             # a sighting well beyond the place along its ray (its foot hidden) matches but does not move it

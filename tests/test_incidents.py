@@ -462,29 +462,44 @@ def test_a_hidden_foot_candidate_that_forms_beside_the_incident_does_not_open_a_
     assert [e.event for e in run((14.5, 10.0))].count("opened") == 2  # 6.5 m to the side: another shed
 
 
+UPRIGHT_NAMES = NAMES + ["illegal_structure", "material_pile"]  # class ids 3 and 4
+RAYS = {"a": np.array([[0.0, 1.0]]), "b": np.array([[0.0, -1.0]])}  # cam a looks north at the shed, cam b south
+
+
+def _one(box, class_id):
+    """One detection at 0.9."""
+    return Detections(np.array([box], np.float32), np.array([0.9], np.float32), np.array([class_id]))
+
+
+SHED = _one([20, 10, 60, 60], 3)
+
+
+def _shed_book(db):
+    return IncidentBook(str(db), "edge1", UPRIGHT_NAMES, RULES2, ListSink(), places=FakePlaces(),
+                        merge_radius_m={"illegal_structure": 5.0}, other_class_m=1.5)
+
+
+def _seen(book, cam, t, dets, xy):
+    """Feed one camera's scan: `dets` at ground point `xy`, along that camera's ray."""
+    from edge.incidents import Ground
+
+    img = np.zeros((100, 200, 3), np.uint8)
+    return book.update(cam, t, dets, [None], img, Ground(np.array([xy], np.float64), np.array([0.3]), RAYS[cam]))
+
+
 def test_an_upright_things_top_read_as_another_class_opens_nothing(tmp_path):
     """Held-out scenario 791: a truck hid a shed's lower half and cam1 read its roof as a board pile, 7.8 m beyond
     the shed's foot along the ray: a false case. A candidate beyond an open upright incident, its box mostly inside
     that incident's box, is the incident's top. A pile in front of the shed, or beside it, still opens."""
-    from edge.incidents import Ground
-
-    names = NAMES + ["illegal_structure", "material_pile"]
-    img = np.zeros((100, 200, 3), np.uint8)
-    away = np.array([[0.0, 1.0]])
 
     def run(pile_xy, pile_box):
-        book = IncidentBook(str(tmp_path / f"t{pile_xy}{pile_box}.db"), "edge1", names, RULES2, ListSink(),
-                            places=FakePlaces(), merge_radius_m={"illegal_structure": 5.0}, other_class_m=1.5)
+        book = _shed_book(tmp_path / f"t{pile_xy}{pile_box}.db")
         ev = []
         for k in range(20):  # the shed is not seen for 24 s: under resolve_after_s, it stays open
-            t = 2.0 * k
             if k < 8:  # the shed, whole
-                d, xy, box = Detections(np.array([[20, 10, 60, 60]], np.float32), np.array([0.9], np.float32),
-                                        np.array([3])), (8.0, 10.0), None
+                ev += _seen(book, "a", 2.0 * k, SHED, (8.0, 10.0))
             else:  # the truck stands in front: only the top shows, read as a material pile
-                d = Detections(np.array([pile_box], np.float32), np.array([0.9], np.float32), np.array([4]))
-                xy = pile_xy
-            ev += book.update("a", t, d, [None], img, Ground(np.array([xy], np.float64), np.array([0.3]), away))
+                ev += _seen(book, "a", 2.0 * k, _one(pile_box, 4), pile_xy)
         return [e.class_name for e in ev if e.event == "opened"]
 
     assert run((8.0, 17.8), [22, 10, 58, 30]) == ["illegal_structure"]  # the roof: held back
@@ -496,25 +511,16 @@ def test_an_upright_things_top_is_judged_along_the_ray_of_the_camera_that_boxed_
     """Held-out scenario 871: both cameras boxed a shed; cam1 read its roof as a material pile 4.4 m beyond the
     foot along cam1's ray, but the shed's latest sighting was cam2's, from across the street, along whose ray the
     roof lies nearer, so the top-of check let it open a false case. "Beyond" is the boxing camera's."""
-    from edge.incidents import Ground
-
-    names = NAMES + ["illegal_structure", "material_pile"]
-    img = np.zeros((100, 200, 3), np.uint8)
-    ray = {"a": np.array([[0.0, 1.0]]), "b": np.array([[0.0, -1.0]])}  # a looks north, b looks south at it
-    shed = Detections(np.array([[20, 10, 60, 60]], np.float32), np.array([0.9], np.float32), np.array([3]))
 
     def opened(pile_xy, pile_box, order=("a", "b")):
-        book = IncidentBook(str(tmp_path / f"t{pile_xy}{pile_box}{order}.db"), "edge1", names, RULES2, ListSink(),
-                            places=FakePlaces(), merge_radius_m={"illegal_structure": 5.0}, other_class_m=1.5)
+        book = _shed_book(tmp_path / f"t{pile_xy}{pile_box}{order}.db")
         ev = []
         for k in range(20):
-            t = 2.0 * k
             for cam in order:  # the last camera of each scan is the shed's latest sighting
                 if cam == "a" and k >= 8:  # cam a: a truck hides the shed's lower half, its roof reads as a pile
-                    d, xy = Detections(np.array([pile_box], np.float32), np.array([0.9], np.float32), np.array([4])), pile_xy
+                    ev += _seen(book, cam, 2.0 * k, _one(pile_box, 4), pile_xy)
                 else:
-                    d, xy = shed, (8.0, 10.0)
-                ev += book.update(cam, t, d, [None], img, Ground(np.array([xy], np.float64), np.array([0.3]), ray[cam]))
+                    ev += _seen(book, cam, 2.0 * k, SHED, (8.0, 10.0))
         return [e.class_name for e in ev if e.event == "opened"]
 
     assert opened((8.0, 14.4), [22, 10, 58, 30]) == ["illegal_structure"]  # the roof, cam b seen last: held back
@@ -525,27 +531,14 @@ def test_an_upright_things_top_is_judged_along_the_ray_of_the_camera_that_boxed_
 
 def test_the_rays_that_judge_an_upright_things_top_survive_a_restart(tmp_path):
     """The per-camera rays are part of a track's state: after a restart the roof is still held back."""
-    from edge.incidents import Ground
-
-    names = NAMES + ["illegal_structure", "material_pile"]
-    img = np.zeros((100, 200, 3), np.uint8)
-    ray = {"a": np.array([[0.0, 1.0]]), "b": np.array([[0.0, -1.0]])}
-    shed = Detections(np.array([[20, 10, 60, 60]], np.float32), np.array([0.9], np.float32), np.array([3]))
-    roof = Detections(np.array([[22, 10, 58, 30]], np.float32), np.array([0.9], np.float32), np.array([4]))
-    db = str(tmp_path / "state.db")
-
-    def book():
-        return IncidentBook(db, "edge1", names, RULES2, ListSink(), places=FakePlaces(),
-                            merge_radius_m={"illegal_structure": 5.0}, other_class_m=1.5)
-
-    first, ev = book(), []
+    first, ev = _shed_book(tmp_path / "state.db"), []
     for k in range(8):
         for cam in ("a", "b"):
-            ev += first.update(cam, 2.0 * k, shed, [None], img, Ground(np.array([(8.0, 10.0)]), np.array([0.3]), ray[cam]))
+            ev += _seen(first, cam, 2.0 * k, SHED, (8.0, 10.0))
     assert [e.class_name for e in ev if e.event == "opened"] == ["illegal_structure"]
     first.close()
-    second, ev = book(), []
+    second, ev = _shed_book(tmp_path / "state.db"), []
     for k in range(8, 20):
-        ev += second.update("a", 2.0 * k, roof, [None], img, Ground(np.array([(8.0, 14.4)]), np.array([0.3]), ray["a"]))
-        ev += second.update("b", 2.0 * k, shed, [None], img, Ground(np.array([(8.0, 10.0)]), np.array([0.3]), ray["b"]))
+        ev += _seen(second, "a", 2.0 * k, _one([22, 10, 58, 30], 4), (8.0, 14.4))
+        ev += _seen(second, "b", 2.0 * k, SHED, (8.0, 10.0))
     assert [e.event for e in ev if e.event == "opened"] == []
