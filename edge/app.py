@@ -296,6 +296,13 @@ class EdgeApp:
             kept, zone_idx, strong = rs.apply_with_weak(dets, w, h)
             zones = [rs.zone_name(int(z)) for z in zone_idx]
             ground = self.L.locator.ground(frame.camera_id, kept, w, h)
+            water = self.L.locator.covers_read_as_water(frame.camera_id, kept, ground, w, h)
+            if water.any():
+                log.debug("%s: %d inventory cover(s) read as ponding at %.1fs, dropped", frame.camera_id,
+                          int(water.sum()), frame.ts)
+                dry = ~water
+                kept, strong, ground = kept[dry], strong[dry], ground.subset(dry)
+                zones = [z for z, k in zip(zones, dry) if k]
             strong = self.L.locator.off_inventory_weak(kept, ground, strong)
             self.L.locator.record_covers(kept[strong], ground.subset(strong), frame.ts)
             events = self.book.update(frame.camera_id, frame.ts, kept, zones, frame, ground, strong=strong)

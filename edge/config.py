@@ -287,6 +287,11 @@ class GeoConfig(_Base):
         "component_match_radius_m from every inventory cover (a drain grate or dark patch where the city has no "
         "cover) needs at least this score to open a case; below it, it may only keep one open. Unset: the class "
         "threshold, as anywhere. Needs `inventory`")
+    cover_sized_water_m: float = Field(
+        1.25, ge=0, description="a ponding box no wider and no deeper on the ground than this, centred on an "
+        "inventory cover (within half of it plus the point's accuracy), is that cover read as water — a light-grey "
+        "cover shines like a puddle — and counts for nothing; a real puddle around a cover is wider. Acts only with "
+        "`inventory`; 0 turns it off")
     ground_point: dict[str, Literal["bottom", "centre"]] = Field(
         default_factory=lambda: {"ponding": "centre", "manhole_open": "centre", "manhole_cover": "centre"},
         description="which point of the box touches the ground, per class; default bottom (bottom-centre)")

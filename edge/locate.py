@@ -38,7 +38,7 @@ class Locator:
                  grid: GridLayer | None = None, inventory: Inventory | None = None,
                  component_radius_m: float = 2.0, gcj02: bool = False, projector: Projector | None = None,
                  ledger: CoverLedger | None = None, base_depth_m: dict[str, float] | None = None,
-                 off_inventory_open_threshold: float | None = None) -> None:
+                 off_inventory_open_threshold: float | None = None, cover_sized_water_m: float = 0.0) -> None:
         self.maps = maps
         self.class_names = class_names
         self.grid = grid
@@ -62,7 +62,9 @@ class Locator:
             self._offset[cid] = np.array([float(dx), float(dy)])
         self._cover_id = class_names.index("manhole_cover") if "manhole_cover" in class_names else -1
         self._open_id = class_names.index("manhole_open") if "manhole_open" in class_names else -1
+        self._ponding_id = class_names.index("ponding") if "ponding" in class_names else -1
         self.off_inventory_open_threshold = off_inventory_open_threshold
+        self.cover_sized_water_m = cover_sized_water_m
 
     @classmethod
     def from_site(cls, site: Site, site_path: Path, class_names: list[str]) -> "Locator":
@@ -84,7 +86,8 @@ class Locator:
         proj = Projector(g.projected_crs) if g.projected_crs else None
         return cls(maps, class_names, dict(g.ground_point), grid, inv, g.component_match_radius_m, g.gcj02, proj,
                    base_depth_m={n: d for n, d in g.base_depth_m.items() if n in class_names},
-                   off_inventory_open_threshold=g.off_inventory_open_threshold)
+                   off_inventory_open_threshold=g.off_inventory_open_threshold,
+                   cover_sized_water_m=g.cover_sized_water_m)
 
     # ------------------------------------------------------------------ per scan
     def ground(self, camera_id: str, dets: Detections, width: int, height: int) -> Ground:
@@ -140,11 +143,54 @@ class Locator:
         out[idx[np.array([c is None for c in self._covers_near(ground.xy[idx])], bool)]] = False
         return out
 
-    def _covers_near(self, xy: np.ndarray) -> list[Component | None]:
-        """The inventory cover within `component_radius_m` of each site-frame point (None where there is none)."""
+    def covers_read_as_water(self, camera_id: str, dets: Detections, ground: Ground, width: int,
+                             height: int) -> np.ndarray:
+        """Which ponding sightings are an inventory cover read as water: no wider and no deeper on the ground than
+        `cover_sized_water_m`, and centred on the cover (within half that, plus the point's accuracy). A light-grey
+        cover shines like a puddle (883: an intact cover 23 m out read as ponding at 0.87 opened a case 18 s before
+        the real puddle 4 m beyond it appeared, and that puddle's sightings then joined it and were reported 3.9 m
+        off). A real puddle around a cover is wider than the cover; one no bigger than it is not worth a case."""
+        out = np.zeros(len(dets), bool)
+        lim, gm = self.cover_sized_water_m, self.maps.get(camera_id)
+        if not lim > 0 or self.inventory is None or self._ponding_id < 0 or gm is None or len(dets) == 0:
+            return out
+        sel = (dets.class_id == self._ponding_id) & np.all(np.isfinite(ground.xy), axis=1)
+        if not sel.any():
+            return out
+        if tuple(gm.image_size) != (width, height):
+            gm = gm.scaled(width, height)
+        idx = np.flatnonzero(sel)
+        b = dets.xyxy[idx].astype(np.float64)
+        xc, yc = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+        ends = gm.to_ground(np.concatenate([np.stack([b[:, 0], yc], 1), np.stack([b[:, 2], yc], 1),
+                                            np.stack([xc, b[:, 1]], 1), np.stack([xc, b[:, 3]], 1)]))
+        e = ends.reshape(4, len(idx), 2)
+        with np.errstate(invalid="ignore"):
+            size = np.maximum(np.linalg.norm(e[0] - e[1], axis=1), np.linalg.norm(e[2] - e[3], axis=1))
+            small = size <= lim  # NaN (an end above the horizon): not small
+        if not small.any():
+            return out
+        idx = idx[small]
+        acc = np.nan_to_num(ground.accuracy_m[idx], nan=0.0)
+        reach = lim / 2 + acc
+        comps = self._covers_near(ground.xy[idx], float(reach.max()))
+        found = np.array([c is not None for c in comps], bool)
+        if not found.any():
+            return out
+        clon = np.array([c.lon for c in comps if c is not None])
+        clat = np.array([c.lat for c in comps if c is not None])
+        cx, cy = lonlat_to_local(clon, clat, self.anchor)
+        d = np.hypot(ground.xy[idx[found], 0] - cx, ground.xy[idx[found], 1] - cy)
+        out[idx[found][d <= reach[found]]] = True
+        return out
+
+    def _covers_near(self, xy: np.ndarray, radius_m: float | None = None) -> list[Component | None]:
+        """The inventory cover within `radius_m` (default `component_radius_m`) of each site-frame point (None where
+        there is none)."""
         assert self.inventory is not None
         lon, lat = local_to_lonlat(xy[:, 0], xy[:, 1], self.anchor)
-        return self.inventory.nearest(np.atleast_1d(lon), np.atleast_1d(lat), self.component_radius_m)
+        return self.inventory.nearest(np.atleast_1d(lon), np.atleast_1d(lat),
+                                      self.component_radius_m if radius_m is None else radius_m)
 
     # ------------------------------------------------------------------ Places
     def in_view(self, camera_id: str, xy: np.ndarray) -> bool:

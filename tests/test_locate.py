@@ -171,3 +171,36 @@ def test_upright_things_land_behind_their_bottom_edge(two_cameras):
     assert np.linalg.norm(flat.ground("a", Detections(np.array([box_at(a, front_a, centre=True)], np.float32),
                                                       np.array([0.9], np.float32), np.array([3])), 1280, 720).xy[0]
                           - front_a) < 0.05  # a class read at its box centre is not moved
+
+
+def _ground_box(cam: PoleCamera, xy, w_m: float, d_m: float):
+    """The image box of a flat w_m x d_m patch centred on ground point `xy` (axis-aligned in the image)."""
+    x, y = xy
+    corners = np.array([[x - w_m / 2, y - d_m / 2, 0.0], [x + w_m / 2, y - d_m / 2, 0.0],
+                        [x - w_m / 2, y + d_m / 2, 0.0], [x + w_m / 2, y + d_m / 2, 0.0]])
+    uv = cam.project(corners)[0]
+    return [uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max()]
+
+
+def test_a_cover_sized_puddle_on_an_inventory_cover_is_that_cover(tmp_path, two_cameras):
+    a, b, maps = two_cameras
+    inv = Inventory.load(covers_file(tmp_path, (3.0, 20.0)))
+    loc = Locator(maps, NAMES, {"ponding": "centre"}, inventory=inv, cover_sized_water_m=1.25)
+    # on the cover: cover-sized (read as water), a 2.5 m puddle around it; cover-sized 3 m from it; a cover there
+    boxes = [_ground_box(a, (3.0, 20.0), 0.8, 0.8), _ground_box(a, (3.2, 20.3), 2.5, 2.0),
+             _ground_box(a, (0.0, 20.0), 0.8, 0.8), _ground_box(a, (3.0, 20.0), 0.8, 0.8)]
+    d = Detections(np.array(boxes, np.float32), np.full(4, 0.9, np.float32), np.array([2, 2, 2, 0]))
+    g = loc.ground("a", d, 1280, 720)
+    assert loc.covers_read_as_water("a", d, g, 1280, 720).tolist() == [True, False, False, False]
+    # the other camera (its local frame: 10 m west of the site frame) sees the same cover read as water
+    d_b = Detections(np.array([_ground_box(b, (-7.0, 20.0), 0.8, 0.8)], np.float32), np.array([0.9], np.float32),
+                     np.array([2]))
+    assert loc.covers_read_as_water("b", d_b, loc.ground("b", d_b, 1280, 720), 1280, 720).tolist() == [True]
+    # a frame at half size: the same boxes halved are the same things
+    half = Detections(d.xyxy / 2, d.confidence, d.class_id)
+    assert loc.covers_read_as_water("a", half, loc.ground("a", half, 640, 360), 640, 360).tolist() == \
+        [True, False, False, False]
+    # off (0), or without an inventory, nothing is dropped
+    for off in (Locator(maps, NAMES, {"ponding": "centre"}, inventory=inv, cover_sized_water_m=0.0),
+                Locator(maps, NAMES, {"ponding": "centre"}, cover_sized_water_m=1.25)):
+        assert not off.covers_read_as_water("a", d, g, 1280, 720).any()
