@@ -204,3 +204,29 @@ def test_a_cover_sized_puddle_on_an_inventory_cover_is_that_cover(tmp_path, two_
     for off in (Locator(maps, NAMES, {"ponding": "centre"}, inventory=inv, cover_sized_water_m=0.0),
                 Locator(maps, NAMES, {"ponding": "centre"}, cover_sized_water_m=1.25)):
         assert not off.covers_read_as_water("a", d, g, 1280, 720).any()
+
+
+@pytest.mark.parametrize("limit_m, opens", [(1.25, False), (0.0, True)])
+def test_the_app_drops_a_cover_read_as_water_before_the_vote(tmp_path, limit_m, opens):
+    """The whole scan path: a constant model sees one 80x40 ponding box (about 0.6 x 0.4 m on the ground of this
+    long-lens camera) in every frame, right on a cover of the inventory; with the rule nothing opens."""
+    import yaml
+    from const_site import IMG, write_clip, write_model
+    from edge.app import EdgeApp, load_everything
+    from edge.types import Frame
+
+    write_model(tmp_path, score=0.9)
+    write_clip(tmp_path / "clip.mp4")
+    pose = dict(width=320, height=320, fx=2000.0, fy=2000.0, cx=160.0, cy=160.0, height_m=10.0, tilt_deg=45.0)
+    cal = Calibration(anchor=GeoAnchor(**ANCHOR), pose=CameraPose(**pose))
+    centre = ground_map(cal, "cam1").to_ground(np.array([[160.0, 200.0]]))[0]
+    covers_file(tmp_path, centre)
+    (tmp_path / "cam1.yaml").write_text("camera: cam1\npersistence: {window_s: 6, vote_ratio: 0.6, min_scans: 3}\n")
+    site = {"edge_id": "e-water", "model": str(tmp_path / "const.onnx"), "state_dir": str(tmp_path / "state"),
+            "geo": {"inventory": "covers.geojson", "cover_sized_water_m": limit_m},
+            "cameras": [{"id": "cam1", "url": "clip.mp4", "rules": "cam1.yaml",
+                         "calibration": {"anchor": ANCHOR, "pose": pose}}]}
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
+    app = EdgeApp(load_everything(tmp_path / "site.yaml"), replay=True)
+    events = [e for t in np.arange(0.0, 20.0, 2.0) for e in app.process(Frame("cam1", float(t), IMG))]
+    assert [e.event for e in events] == (["opened"] if opens else [])
