@@ -296,7 +296,7 @@ class EdgeApp:
             kept, zone_idx, strong = rs.apply_with_weak(dets, w, h)
             zones = [rs.zone_name(int(z)) for z in zone_idx]
             ground = self.L.locator.ground(frame.camera_id, kept, w, h)
-            water = self.L.locator.covers_read_as_water(frame.camera_id, kept, ground, w, h)
+            water = self.L.locator.covers_read_as_water(kept, ground)
             if water.any():
                 log.debug("%s: %d inventory cover(s) read as ponding at %.1fs, dropped", frame.camera_id,
                           int(water.sum()), frame.ts)

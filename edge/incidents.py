@@ -55,13 +55,17 @@ class Ground:
     # point (zero for flat things). A box that misses the thing's foot (a truck in front of a shed, a box on its
     # roof only) puts the point farther out along this direction, never sideways.
     away: np.ndarray | None = None
+    # for flat things: half the larger side of the box's footprint on the ground (metres; 0 for upright things,
+    # NaN where unknown): how far from its point a puddle still reaches
+    reach: np.ndarray | None = None
 
     @classmethod
     def unknown(cls, n: int) -> "Ground":
         return cls(np.full((n, 2), np.nan), np.full(n, np.nan))
 
     def subset(self, mask: np.ndarray) -> "Ground":
-        return Ground(self.xy[mask], self.accuracy_m[mask], None if self.away is None else self.away[mask])
+        return Ground(self.xy[mask], self.accuracy_m[mask], None if self.away is None else self.away[mask],
+                      None if self.reach is None else self.reach[mask])
 
     def far_side(self, ref: np.ndarray) -> np.ndarray:
         """(n, m) metres by which each point lies beyond each reference point along its own away direction
@@ -109,6 +113,7 @@ class Track:
     # camera id -> Ground.away of its latest sighting there (upright things): the unit ray from that camera, since
     # which way is "beyond" depends on where one looks from; the camera seen latest is last
     aways: dict = field(default_factory=dict)
+    reach: float = 0.0  # flat things: how far from `ground` its footprint reaches (smoothed over sightings)
     evidence_dirty: bool = False  # evidence changed since it was last written to the state file
 
     @property
@@ -174,7 +179,7 @@ def _track_state(t: Track) -> dict:
             "incident_id": t.incident_id, "opened_ts": t.opened_ts, "last_update": t.last_update, "seq": t.seq,
             "image_size": list(t.image_size), "ground": None if t.ground is None else [float(v) for v in t.ground],
             "ground_w": t.ground_w, "accuracy_m": t.accuracy_m,
-            "aways": {c: [float(v) for v in a] for c, a in t.aways.items()}}
+            "aways": {c: [float(v) for v in a] for c, a in t.aways.items()}, "reach": t.reach}
 
 
 def _track_from(d: dict) -> Track:
@@ -187,7 +192,8 @@ def _track_from(d: dict) -> Track:
                  zone=d["zone"], incident_id=d["incident_id"], opened_ts=d["opened_ts"], last_update=d["last_update"],
                  seq=d["seq"], image_size=tuple(d["image_size"]),
                  ground=None if d["ground"] is None else np.array(d["ground"], np.float64), ground_w=d["ground_w"],
-                 accuracy_m=d["accuracy_m"], aways={c: np.array(a, np.float64) for c, a in aways.items()})
+                 accuracy_m=d["accuracy_m"], aways={c: np.array(a, np.float64) for c, a in aways.items()},
+                 reach=float(d.get("reach", 0.0)))
 
 
 class IncidentBook:
@@ -434,6 +440,9 @@ class IncidentBook:
         if ground.away is not None and np.any(ground.away[i]):
             t.aways.pop(camera_id, None)  # re-inserted last: `away` is the latest sighting's
             t.aways[camera_id] = ground.away[i].astype(np.float64)
+        reach = np.nan if ground.reach is None else float(ground.reach[i])
+        if np.isfinite(reach) and reach > 0:
+            t.reach = reach if t.reach <= 0 else 0.7 * t.reach + 0.3 * reach
         beyond = 0.0 if t.ground is None else float(ground.far_side(t.ground)[i, 0])
         if np.all(np.isfinite(xy)) and beyond < 0.5 * float(self._radius[t.class_id]):
             # a sighting well beyond the place along its ray (its foot hidden) matches but does not move it
@@ -552,7 +561,9 @@ class IncidentBook:
         return False
 
     def _taken(self, t: Track) -> bool:
-        """Is the candidate's place already an open incident of another class? Then it is most likely that thing
+        """Is the candidate's place already an open incident of another class — within `other_class_m` of its point,
+        or inside a flat one's footprint (884: a puddle mostly hidden by a stopped truck, its visible edge read as a
+        material pile 1.5 m from the puddle's centre, inside its 3.5 m footprint)? Then it is most likely that thing
         read as something else (a puddle seen as a garbage pile from the second camera), and the centre wants one
         case per thing; so is its top boxed alone beyond an upright incident's foot (`_top_of`). Classes in
         `may_share_place` (an open manhole lies in a puddle) are never held back nor hold others back; the candidate opens if that incident resolves while it is still seen."""
@@ -560,7 +571,7 @@ class IncidentBook:
             return False
         for x in self._tracks:
             if (x.is_open and x.class_id != t.class_id and not self._shares[x.class_id] and x.ground is not None
-                    and (float(np.hypot(*(t.ground - x.ground))) < self._other_m or _top_of(t, x))):
+                    and (float(np.hypot(*(t.ground - x.ground))) < max(self._other_m, x.reach) or _top_of(t, x))):
                 log.debug("%s candidate at %s held back: open %s %s is there", self.class_names[t.class_id],
                           np.round(t.ground, 2).tolist(), self.class_names[x.class_id], x.incident_id)
                 return True

@@ -109,11 +109,19 @@ class Locator:
             with np.errstate(invalid="ignore", divide="ignore"):
                 away = np.where((norm > 0) & ~centre[:, None], step / norm, 0.0)
             xy = xy + away * self._depth[dets.class_id][:, None]
+        reach = np.zeros(n)
+        if centre.any():  # flat things: half the larger side of the box's footprint (box edge midpoints on the ground)
+            f = b[centre]
+            xc, yc = (f[:, 0] + f[:, 2]) / 2, (f[:, 1] + f[:, 3]) / 2
+            e = gm.to_ground(np.concatenate([np.stack([f[:, 0], yc], 1), np.stack([f[:, 2], yc], 1),
+                                             np.stack([xc, f[:, 1]], 1), np.stack([xc, f[:, 3]], 1)])).reshape(4, -1, 2)
+            reach[centre] = np.maximum(np.linalg.norm(e[0] - e[1], axis=1), np.linalg.norm(e[2] - e[3], axis=1)) / 2
         xy = xy + self._offset[camera_id]
         acc = np.asarray(gm.accuracy_m(uv), np.float64)
         bad = ~np.all(np.isfinite(xy), axis=1)
         acc[bad] = np.nan
-        return Ground(xy, acc, away)
+        reach[bad] = np.nan
+        return Ground(xy, acc, away, reach)
 
     def record_covers(self, dets: Detections, ground: Ground, ts: float) -> list[str]:
         """Intact covers seen in this scan refresh their inventory entry's last-seen-intact time."""
@@ -143,37 +151,24 @@ class Locator:
         out[idx[np.array([c is None for c in self._covers_near(ground.xy[idx])], bool)]] = False
         return out
 
-    def covers_read_as_water(self, camera_id: str, dets: Detections, ground: Ground, width: int,
-                             height: int) -> np.ndarray:
+    def covers_read_as_water(self, dets: Detections, ground: Ground) -> np.ndarray:
         """Which ponding sightings are an inventory cover read as water: no wider and no deeper on the ground than
         `cover_sized_water_m`, and centred on the cover (within half that, plus the point's accuracy). A light-grey
         cover shines like a puddle (883: an intact cover 23 m out read as ponding at 0.87 opened a case 18 s before
         the real puddle 4 m beyond it appeared, and that puddle's sightings then joined it and were reported 3.9 m
         off). A real puddle around a cover is wider than the cover; one no bigger than it is not worth a case."""
         out = np.zeros(len(dets), bool)
-        lim, gm = self.cover_sized_water_m, self.maps.get(camera_id)
-        if not lim > 0 or self.inventory is None or self._ponding_id < 0 or gm is None or len(dets) == 0:
+        lim = self.cover_sized_water_m
+        if not lim > 0 or self.inventory is None or self._ponding_id < 0 or ground.reach is None or len(dets) == 0:
             return out
-        sel = (dets.class_id == self._ponding_id) & np.all(np.isfinite(ground.xy), axis=1)
+        with np.errstate(invalid="ignore"):  # NaN reach (an edge above the horizon, no calibration): not small
+            sel = (dets.class_id == self._ponding_id) & (2 * ground.reach <= lim) & np.all(np.isfinite(ground.xy), axis=1)
         if not sel.any():
             return out
-        if tuple(gm.image_size) != (width, height):
-            gm = gm.scaled(width, height)
         idx = np.flatnonzero(sel)
-        b = dets.xyxy[idx].astype(np.float64)
-        xc, yc = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-        ends = gm.to_ground(np.concatenate([np.stack([b[:, 0], yc], 1), np.stack([b[:, 2], yc], 1),
-                                            np.stack([xc, b[:, 1]], 1), np.stack([xc, b[:, 3]], 1)]))
-        e = ends.reshape(4, len(idx), 2)
-        with np.errstate(invalid="ignore"):
-            size = np.maximum(np.linalg.norm(e[0] - e[1], axis=1), np.linalg.norm(e[2] - e[3], axis=1))
-            small = size <= lim  # NaN (an end above the horizon): not small
-        if not small.any():
-            return out
-        idx = idx[small]
         acc = np.nan_to_num(ground.accuracy_m[idx], nan=0.0)
-        reach = lim / 2 + acc
-        comps = self._covers_near(ground.xy[idx], float(reach.max()))
+        within = lim / 2 + acc
+        comps = self._covers_near(ground.xy[idx], float(within.max()))
         found = np.array([c is not None for c in comps], bool)
         if not found.any():
             return out
@@ -181,7 +176,7 @@ class Locator:
         clat = np.array([c.lat for c in comps if c is not None])
         cx, cy = lonlat_to_local(clon, clat, self.anchor)
         d = np.hypot(ground.xy[idx[found], 0] - cx, ground.xy[idx[found], 1] - cy)
-        out[idx[found][d <= reach[found]]] = True
+        out[idx[found][d <= within[found]]] = True
         return out
 
     def _covers_near(self, xy: np.ndarray, radius_m: float | None = None) -> list[Component | None]:

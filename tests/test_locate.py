@@ -191,19 +191,21 @@ def test_a_cover_sized_puddle_on_an_inventory_cover_is_that_cover(tmp_path, two_
              _ground_box(a, (0.0, 20.0), 0.8, 0.8), _ground_box(a, (3.0, 20.0), 0.8, 0.8)]
     d = Detections(np.array(boxes, np.float32), np.full(4, 0.9, np.float32), np.array([2, 2, 2, 0]))
     g = loc.ground("a", d, 1280, 720)
-    assert loc.covers_read_as_water("a", d, g, 1280, 720).tolist() == [True, False, False, False]
+    # each flat thing's reach: half the larger side of its footprint (the box's extent, so at least the patch's)
+    assert 0.4 <= g.reach[0] <= 0.5 and 1.25 <= g.reach[1] <= 1.45, g.reach
+    assert loc.covers_read_as_water(d, g).tolist() == [True, False, False, False]
     # the other camera (its local frame: 10 m west of the site frame) sees the same cover read as water
     d_b = Detections(np.array([_ground_box(b, (-7.0, 20.0), 0.8, 0.8)], np.float32), np.array([0.9], np.float32),
                      np.array([2]))
-    assert loc.covers_read_as_water("b", d_b, loc.ground("b", d_b, 1280, 720), 1280, 720).tolist() == [True]
+    assert loc.covers_read_as_water(d_b, loc.ground("b", d_b, 1280, 720)).tolist() == [True]
     # a frame at half size: the same boxes halved are the same things
     half = Detections(d.xyxy / 2, d.confidence, d.class_id)
-    assert loc.covers_read_as_water("a", half, loc.ground("a", half, 640, 360), 640, 360).tolist() == \
+    assert loc.covers_read_as_water(half, loc.ground("a", half, 640, 360)).tolist() == \
         [True, False, False, False]
     # off (0), or without an inventory, nothing is dropped
     for off in (Locator(maps, NAMES, {"ponding": "centre"}, inventory=inv, cover_sized_water_m=0.0),
                 Locator(maps, NAMES, {"ponding": "centre"}, cover_sized_water_m=1.25)):
-        assert not off.covers_read_as_water("a", d, g, 1280, 720).any()
+        assert not off.covers_read_as_water(d, g).any()
 
 
 @pytest.mark.parametrize("limit_m, opens", [(1.25, False), (0.0, True)])
