@@ -113,7 +113,7 @@ class Track:
     # camera id -> Ground.away of its latest sighting there (upright things): the unit ray from that camera, since
     # which way is "beyond" depends on where one looks from; the camera seen latest is last
     aways: dict = field(default_factory=dict)
-    reach: float = 0.0  # flat things: how far from `ground` its footprint reaches (smoothed over sightings)
+    reach: float = 0.0  # flat things: how far from `ground` its footprint reaches (the largest seen, <= merge radius)
     evidence_dirty: bool = False  # evidence changed since it was last written to the state file
 
     @property
@@ -441,8 +441,10 @@ class IncidentBook:
             t.aways.pop(camera_id, None)  # re-inserted last: `away` is the latest sighting's
             t.aways[camera_id] = ground.away[i].astype(np.float64)
         reach = np.nan if ground.reach is None else float(ground.reach[i])
-        if np.isfinite(reach) and reach > 0:
-            t.reach = reach if t.reach <= 0 else 0.7 * t.reach + 0.3 * reach
+        if np.isfinite(reach) and reach > t.reach:
+            # the largest footprint seen: a passing truck only ever hides part of a puddle (884: a smoothed reach
+            # shrank from 1.8 to 1.4 m on the hidden puddle's sliver, and the pile read on its edge opened)
+            t.reach = min(reach, float(self._radius[t.class_id]))
         beyond = 0.0 if t.ground is None else float(ground.far_side(t.ground)[i, 0])
         if np.all(np.isfinite(xy)) and beyond < 0.5 * float(self._radius[t.class_id]):
             # a sighting well beyond the place along its ray (its foot hidden) matches but does not move it

@@ -413,7 +413,8 @@ def test_a_candidate_inside_an_open_puddles_footprint_is_that_puddle(tmp_path):
     """Held-out scenario 884: a stopped truck hid most of an open puddle (3.5 m across) from camera a, whose
     visible edge then read as a material pile 1.5 m from the puddle's point: beyond `other_class_m` (1.2 here) but
     inside the footprint the puddle's sightings gave it, so it opens nothing — also after a restart, which must
-    keep the footprint. A pile 2.5 m out, outside the footprint, opens; so does the near one with a small puddle."""
+    keep the footprint, and while only a sliver of the puddle is seen (the footprint is the largest seen). A pile
+    2.5 m out, outside the footprint, opens; so does the near one next to a small puddle."""
     from edge.incidents import Ground
 
     names = NAMES + ["material_pile"]
@@ -423,22 +424,22 @@ def test_a_candidate_inside_an_open_puddles_footprint_is_that_puddle(tmp_path):
         return IncidentBook(str(tmp_path / db), "edge1", names, RULES2, ListSink(), places=FakePlaces(),
                             other_class_m=1.2, may_share_place=["manhole_open", "manhole_cover"])
 
-    def see(book, t, items, puddle_reach):
+    def see(book, t, items):
         d = Detections(np.array([[10 + 40 * k, 10, 40 + 40 * k, 40] for k in range(len(items))], np.float32),
-                       np.full(len(items), 0.8, np.float32), np.array([c for _, _, c in items], np.int64))
-        reach = np.array([puddle_reach if c == 2 else 0.0 for _, _, c in items])
-        g = Ground(np.array([(x, y) for x, y, _ in items], np.float64), np.full(len(items), 0.3), None, reach)
+                       np.full(len(items), 0.8, np.float32), np.array([c for _, _, c, _ in items], np.int64))
+        g = Ground(np.array([(x, y) for x, y, _, _ in items], np.float64), np.full(len(items), 0.3), None,
+                   np.array([r for *_, r in items]))
         return book.update("a", t, d, [None] * len(d), img, g)
 
     def opened(pile_xy, puddle_reach, db, restart=False):
         book, ev = book_at(db), []
         for k in range(10):  # the puddle opens
-            ev += see(book, 2.0 * k, [(8.0, 2.0, 2)], puddle_reach)
+            ev += see(book, 2.0 * k, [(8.0, 2.0, 2, puddle_reach)])
         if restart:
             book.close()
             book = book_at(db)
-        for k in range(10, 20):  # hidden by the truck: only the edge is seen, as a pile
-            ev += see(book, 2.0 * k, [(pile_xy[0], pile_xy[1], 3)], puddle_reach)
+        for k in range(10, 20):  # hidden by the truck: a sliver of it is seen as a small puddle, its edge as a pile
+            ev += see(book, 2.0 * k, [(8.2, 2.2, 2, 0.3), (pile_xy[0], pile_xy[1], 3, 0.0)])
         book.close()
         return [e.class_name for e in ev if e.event == "opened"]
 
