@@ -375,18 +375,25 @@ def test_a_camera_frame_is_converted_to_bgr_only_for_a_best_view(tmp_path):
     assert book._tracks[0].image_size == (200, 100)
 
 
+def mixed(book, cam, t, items, acc=0.5):
+    """One scan of `cam` seeing things of several classes side by side: `items` of (x, y, class id) or
+    (x, y, class id, reach), the reach of a flat thing's footprint (m)."""
+    from edge.incidents import Ground
+
+    img = np.zeros((100, 200, 3), np.uint8)
+    d = Detections(np.array([[10 + 40 * k, 10, 40 + 40 * k, 40] for k in range(len(items))], np.float32),
+                   np.full(len(items), 0.8, np.float32), np.array([it[2] for it in items], np.int64))
+    g = Ground(np.array([it[:2] for it in items], np.float64), np.full(len(items), acc), None,
+               np.array([it[3] if len(it) > 3 else 0.0 for it in items]))
+    return book.update(cam, t, d, [None] * len(d), img, g)
+
+
 def test_one_thing_read_as_two_classes_is_one_case(tmp_path):
     """A puddle that the second camera reads as a garbage pile (held-out scenarios 821-823: each false report lay
     under 1 m from a true incident of another class) opens no second case while the first is open; an open
     manhole in that puddle is a second thing and opens; once the puddle's case resolves, what is still seen there
     opens; `other_class_m` 0 turns the rule off."""
     names = NAMES + ["garbage_pile"]
-    img = np.zeros((100, 200, 3), np.uint8)
-
-    def mixed(book, cam, t, items):
-        d = Detections(np.array([[10 + 40 * k, 10, 40 + 40 * k, 40] for k in range(len(items))], np.float32),
-                       np.full(len(items), 0.8, np.float32), np.array([c for _, _, c in items], np.int64))
-        return book.update(cam, t, d, [None] * len(d), img, ground_of([(x, y) for x, y, _ in items]))
 
     def run(other_m):
         book = IncidentBook(str(tmp_path / f"s{other_m}.db"), "edge1", names, RULES2, ListSink(), places=FakePlaces(),
@@ -415,21 +422,14 @@ def test_a_candidate_inside_an_open_puddles_footprint_is_that_puddle(tmp_path):
     inside the footprint the puddle's sightings gave it, so it opens nothing — also after a restart, which must
     keep the footprint, and while only a sliver of the puddle is seen (the footprint is the largest seen). A pile
     2.5 m out, outside the footprint, opens; so does the near one next to a small puddle."""
-    from edge.incidents import Ground
-
     names = NAMES + ["material_pile"]
-    img = np.zeros((100, 200, 3), np.uint8)
 
     def book_at(db):
         return IncidentBook(str(tmp_path / db), "edge1", names, RULES2, ListSink(), places=FakePlaces(),
                             other_class_m=1.2, may_share_place=["manhole_open", "manhole_cover"])
 
     def see(book, t, items):
-        d = Detections(np.array([[10 + 40 * k, 10, 40 + 40 * k, 40] for k in range(len(items))], np.float32),
-                       np.full(len(items), 0.8, np.float32), np.array([c for _, _, c, _ in items], np.int64))
-        g = Ground(np.array([(x, y) for x, y, _, _ in items], np.float64), np.full(len(items), 0.3), None,
-                   np.array([r for *_, r in items]))
-        return book.update("a", t, d, [None] * len(d), img, g)
+        return mixed(book, "a", t, items, acc=0.3)
 
     def opened(pile_xy, puddle_reach, db, restart=False):
         book, ev = book_at(db), []
