@@ -68,6 +68,13 @@ class Persistence(_Base):
                                     "this share of its class threshold (hysteresis: a detector that wavers around the "
                                     "threshold does not resolve and reopen one thing); such weak sightings never open "
                                     "one. 1 turns it off")
+    sustain_s: float = Field(60.0, ge=0, description="the sustained path: a thing one camera sees at the same place "
+                             "for this long, in most scans and close to its threshold (sustain_ratio), opens even if "
+                             "the vote never held: a far pile the model scores just under its threshold in scan after "
+                             "scan is there. Longer than window_s: it reports later than sure sightings. 0 turns it off")
+    sustain_ratio: float = Field(0.65, gt=0, le=1, description="the evidence the sustained path needs: the mean over "
+                                 "the camera's scans in sustain_s of each scan's score as a share of the class threshold "
+                                 "(capped at 1; 0 in a scan that did not see it at keep_alive_ratio or more)")
 
 
 DEFAULT_PROFILE = "default"

@@ -126,6 +126,30 @@ class Track:
         return next(reversed(self.aways.values()), None)
 
 
+@dataclass
+class Faint:
+    """One camera's sightings of a class at one place that count towards the sustained path
+    (`Persistence.sustain_s`): scan by scan, the strength of its best sighting (score / class threshold; 0 when
+    that scan did not see it). A thing the model scores around its threshold scan after scan (844: a pile 37 m out,
+    seen in four scans of five for a minute at 0.7-1.06 of it) may never win the 30 s vote of sure sightings, yet a
+    minute of such evidence is as sure as the vote."""
+
+    camera_id: str
+    class_id: int
+    box: np.ndarray
+    ground: np.ndarray | None
+    first_ts: float
+    last_seen: float
+    hist: deque = field(default_factory=lambda: deque(maxlen=1024))  # (ts, strength)
+
+    def holds(self, ts: float, sustain_s: float, ratio: float) -> bool:
+        """Seen for `sustain_s`, with a mean strength (capped at 1, 0 for scans that missed it) of `ratio` since."""
+        if ts - self.first_ts < sustain_s:
+            return False
+        got = [min(v, 1.0) for t, v in self.hist if t >= ts - sustain_s]
+        return len(got) > 0 and sum(got) / len(got) >= ratio
+
+
 @dataclass(frozen=True)
 class Suppression:
     """Where the centre dismissed an incident as a false alarm: sightings of `class_name` within `radius_m` of
@@ -196,6 +220,18 @@ def _track_from(d: dict) -> Track:
                  reach=float(d.get("reach", 0.0)))
 
 
+def _faint_state(f: Faint) -> dict:
+    return {"camera_id": f.camera_id, "class_id": f.class_id, "box": _box_json(f.box),
+            "ground": None if f.ground is None else [float(v) for v in f.ground], "first_ts": f.first_ts,
+            "last_seen": f.last_seen, "hist": [[t, round(v, 4)] for t, v in f.hist]}
+
+
+def _faint_from(d: dict) -> Faint:
+    return Faint(d["camera_id"], d["class_id"], np.array(d["box"], np.float32),
+                 None if d["ground"] is None else np.array(d["ground"], np.float64), d["first_ts"], d["last_seen"],
+                 deque(((t, v) for t, v in d["hist"]), maxlen=1024))
+
+
 class IncidentBook:
     """Votes, opens, updates and resolves incidents for the cameras of one edge box.
 
@@ -237,6 +273,7 @@ class IncidentBook:
             incident_id TEXT PRIMARY KEY, class_name TEXT NOT NULL, ground_x REAL, ground_y REAL,
             radius_m REAL NOT NULL, boxes TEXT NOT NULL, since_ts REAL NOT NULL, until_ts REAL NOT NULL)""")
         self._tracks: list[Track] = []
+        self._faint: list[Faint] = []  # the sustained path's evidence, per camera
         self._next_key = 0
         # row writes of the scan in progress: executed by _commit inside the transaction that also writes the
         # scan's events to the outbox, so an incident row can never be on disk without its message (or the reverse)
@@ -260,6 +297,8 @@ class IncidentBook:
             log.info("restored %d suppressed places (dismissed false alarms)", len(self._suppressions))
         sizes = self._conn.execute("SELECT v FROM meta WHERE k='frame_sizes'").fetchone()
         self._frame_sizes = {k: (int(v[0]), int(v[1])) for k, v in json.loads(sizes[0]).items()} if sizes else {}
+        faint = self._conn.execute("SELECT v FROM meta WHERE k='faint'").fetchone()
+        self._faint = [_faint_from(d) for d in json.loads(faint[0])] if faint else []
         snap = self._conn.execute("SELECT v FROM meta WHERE k='tracks'").fetchone()
         if snap is not None:
             self._tracks = [_track_from(d) for d in json.loads(snap[0])]
@@ -312,13 +351,16 @@ class IncidentBook:
     # ---------------------------------------------------------------- the vote
     def update(self, camera_id: str, ts: float, dets: Detections, zones: list[str | None],
                image: np.ndarray | Frame | None = None,
-               ground: Ground | None = None, strong: np.ndarray | None = None) -> list[IncidentEvent]:
+               ground: Ground | None = None, strong: np.ndarray | None = None,
+               strength: np.ndarray | None = None) -> list[IncidentEvent]:
         """One scan of one camera: match sightings to tracks, vote, and return the events it causes (already
         handed to the sink in the same transaction as the state they reflect). `ground` gives each sighting's
         site-local position; without it this camera's sightings match by image box only. `strong` marks the
         sightings at or above their class threshold (default: all); the others only keep an open incident
         open — they never start a candidate nor match one (hysteresis against a detector near its threshold).
-        `image` is the BGR picture or the frame itself, whose BGR is made only when a sighting becomes a best view."""
+        `image` is the BGR picture or the frame itself, whose BGR is made only when a sighting becomes a best view.
+        `strength` (score / class threshold; 0: may not count) feeds the sustained path (`Persistence.sustain_s`);
+        without it only the vote opens incidents."""
         rules = self.rules[camera_id]
         if isinstance(image, Frame):
             w, h = image.size
@@ -348,8 +390,12 @@ class IncidentBook:
                     self._observe(t, camera_id, ts, dets, i, ground, zones[i], image, (w, h))
                     self._tracks.append(t)
                     seen_keys.add(t.key)
-            events: list[IncidentEvent] = []
             p = rules.persistence
+            sustained: set[int] = set()
+            if strength is not None and p.sustain_s > 0:
+                sustained = self._sustain(camera_id, ts, dets, ground, matched, twins, np.asarray(strength, np.float64),
+                                          zones, image, (w, h), seen_keys)
+            events: list[IncidentEvent] = []
             keep: list[Track] = []
             for t in self._tracks:
                 seen = t.key in seen_keys
@@ -367,7 +413,7 @@ class IncidentBook:
                 if not t.is_open:
                     n = len(votes)
                     k = sum(1 for _, s in votes if s)
-                    if (n >= p.min_scans and k / n >= p.vote_ratio and k >= p.min_scans
+                    if ((t.key in sustained or (n >= p.min_scans and k / n >= p.vote_ratio and k >= p.min_scans))
                             and not self._suppressed(t.class_id, t.boxes, t.ground) and not self._taken(t)):
                         t.incident_id = self._new_id(ts)
                         t.opened_ts = t.last_update = ts
@@ -420,6 +466,9 @@ class IncidentBook:
                 if t.is_open:
                     self._pending.append(("UPDATE incidents SET image_w=?, image_h=? WHERE incident_id=?",
                                           (size[0], size[1], t.incident_id)))
+        for fa in self._faint:
+            if fa.camera_id == camera_id:
+                fa.box = fa.box * f
         for k, sp in enumerate(self._suppressions):
             if camera_id in sp.boxes:
                 boxes = {**sp.boxes, camera_id: tuple(float(v) for v in np.asarray(sp.boxes[camera_id]) * f)}
@@ -463,6 +512,101 @@ class IncidentBook:
                 t.evidence_dirty = True
         t.box = t.boxes[t.camera_id]
 
+    def _sustain(self, camera_id: str, ts: float, dets: Detections, ground: Ground, matched: dict[int, Track],
+                 twins: set[int], strength: np.ndarray, zones: list[str | None], image: np.ndarray | Frame | None,
+                 size: tuple[int, int], seen_keys: set[int]) -> set[int]:
+        """The sustained path: fold this scan's sightings that no open incident holds into the camera's faint
+        tracks, and return the keys of the candidates whose faint evidence now holds (making one from the
+        sighting where none is there yet). The caller opens them as if their vote had held."""
+        p = self.rules[camera_id].persistence
+        fed = [i for i in range(len(dets)) if i not in twins and strength[i] > 0
+               and not (i in matched and matched[i].is_open)
+               and self.class_names[int(dets.class_id[i])] in self.reportable
+               # a dismissed place: no evidence builds up there while the centre's suppression lasts
+               and not self._suppressed(int(dets.class_id[i]), {camera_id: dets.xyxy[i]}, ground.xy[i])]
+        mine = [f for f in self._faint if f.camera_id == camera_id]
+        hit = self._match_faint(mine, dets, ground, fed, self.rules[camera_id].match_iou)
+        for i in fed:
+            if i not in hit:
+                f = Faint(camera_id, int(dets.class_id[i]), dets.xyxy[i].copy(),
+                          ground.xy[i].astype(np.float64).copy() if np.all(np.isfinite(ground.xy[i])) else None, ts, ts)
+                mine.append(f)
+                hit[i] = f
+        by_faint = {id(f): i for i, f in hit.items()}
+        out: set[int] = set()
+        keep: list[Faint] = []
+        for f in mine:
+            i = by_faint.get(id(f))
+            if i is not None:
+                f.last_seen = ts
+                f.box = 0.7 * f.box + 0.3 * dets.xyxy[i]
+                xy = ground.xy[i]
+                if np.all(np.isfinite(xy)):
+                    f.ground = xy.astype(np.float64).copy() if f.ground is None else 0.8 * f.ground + 0.2 * xy
+            f.hist.append((ts, 0.0 if i is None else float(strength[i])))
+            while f.hist and f.hist[0][0] < ts - p.sustain_s:
+                f.hist.popleft()
+            if ts - f.last_seen > p.window_s:
+                continue  # gone
+            keep.append(f)
+            if i is not None and f.holds(ts, p.sustain_s, p.sustain_ratio):
+                t = matched.get(i) or self._candidate_at(f, camera_id)
+                if t is None:
+                    t = Track(self._key(), camera_id, f.class_id, dets.xyxy[i].copy(), ts, ts)
+                    self._tracks.append(t)
+                if i not in matched:
+                    self._observe(t, camera_id, ts, dets, i, ground, zones[i], image, size)
+                t.first_ts = min(t.first_ts, f.first_ts)  # seen there since; the evidence is this scan's view
+                if t.key not in out:
+                    log.debug("%s at %s: seen by %s for %.0f s, sustained evidence holds",
+                              self.class_names[f.class_id], None if f.ground is None else np.round(f.ground, 2).tolist(),
+                              camera_id, ts - f.first_ts)
+                out.add(t.key)
+                seen_keys.add(t.key)
+        self._faint = [f for f in self._faint if f.camera_id != camera_id] + keep
+        return out
+
+    def _match_faint(self, faint: list[Faint], dets: Detections, ground: Ground, fed: list[int],
+                     min_iou: float) -> dict[int, Faint]:
+        """Greedy one-to-one matching of one camera's sightings to its faint tracks of the same class, as `_match`
+        does: by ground distance within the class's merge radius, else by box IoU."""
+        if not faint or not fed:
+            return {}
+        idx = np.array(fed)
+        fc = np.array([f.class_id for f in faint])
+        fg = np.array([f.ground if f.ground is not None else (np.nan, np.nan) for f in faint], np.float64)
+        d = np.linalg.norm(ground.xy[idx][:, None, :] - fg[None, :, :], axis=2)
+        radius = self._radius[dets.class_id[idx]][:, None]
+        by_ground = np.isfinite(d)
+        score = np.where(by_ground & (d < radius), 2.0 - d / radius, -1.0)
+        iou = np.nan_to_num(box_iou(dets.xyxy[idx], np.stack([f.box for f in faint])), nan=0.0)
+        score = np.where(~by_ground & (iou >= min_iou), iou, score)
+        score[dets.class_id[idx][:, None] != fc[None, :]] = -1.0
+        out: dict[int, Faint] = {}
+        while score.size:
+            a, b = np.unravel_index(int(np.argmax(score)), score.shape)
+            if score[a, b] <= 0:
+                break
+            out[int(idx[a])] = faint[int(b)]
+            score[a, :] = -1
+            score[:, b] = -1
+        return out
+
+    def _candidate_at(self, f: Faint, camera_id: str) -> Track | None:
+        """A candidate (not open) of the faint track's class at its place: by ground within the merge radius, else
+        by box IoU in this camera."""
+        r = float(self._radius[f.class_id])
+        for t in self._tracks:
+            if t.is_open or t.class_id != f.class_id:
+                continue
+            if f.ground is not None and t.ground is not None:
+                if float(np.hypot(*(f.ground - t.ground))) < r:
+                    return t
+            elif camera_id in t.boxes and box_iou(f.box[None], t.boxes[camera_id][None])[0, 0] >= \
+                    self.rules[camera_id].match_iou:
+                return t
+        return None
+
     def _watches(self, t: Track, camera_id: str) -> bool:
         """Should this camera see the track? Its place is in the camera's view (calibrated), or the camera
         has seen it before (an image-only track)."""
@@ -496,6 +640,8 @@ class IncidentBook:
                         t.evidence_dirty = False
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('tracks', ?)",
                                (json.dumps([_track_state(t) for t in tracks]),))
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('faint', ?)",
+                               (json.dumps([_faint_state(f) for f in self._faint]),))
             if events and self.sink is not None:
                 self.sink.write_events(self._conn, events)
             enqueue(self._conn, also)

@@ -136,19 +136,19 @@ class Locator:
                 self.ledger.record_intact(ids, ts)
         return ids
 
-    def off_inventory_weak(self, dets: Detections, ground: Ground, strong: np.ndarray) -> np.ndarray:
-        """`strong` with the open manholes that stand where the inventory has no cover, and score under
-        `off_inventory_open_threshold`, made weak: with a complete inventory a cover-less spot that looks open is
-        most likely a drain grate or a dark patch, so it needs a surer sighting to open a case."""
+    def off_inventory_unsure(self, dets: Detections, ground: Ground) -> np.ndarray:
+        """The open-manhole sightings to hold back as weak: where the inventory has no cover and under
+        `off_inventory_open_threshold`. With a complete inventory a cover-less spot that looks open is most likely a
+        drain grate or a dark patch, so it needs a surer sighting to open a case, by the vote or by persistence."""
+        out = np.zeros(len(dets), bool)
         thr = self.off_inventory_open_threshold
         if thr is None or self.inventory is None or self._open_id < 0 or len(dets) == 0:
-            return strong
-        sel = strong & (dets.class_id == self._open_id) & (dets.confidence < thr) & np.all(np.isfinite(ground.xy), axis=1)
+            return out
+        sel = (dets.class_id == self._open_id) & (dets.confidence < thr) & np.all(np.isfinite(ground.xy), axis=1)
         if not sel.any():
-            return strong
+            return out
         idx = np.flatnonzero(sel)
-        out = strong.copy()
-        out[idx[np.array([c is None for c in self._covers_near(ground.xy[idx])], bool)]] = False
+        out[idx[np.array([c is None for c in self._covers_near(ground.xy[idx])], bool)]] = True
         return out
 
     def covers_read_as_water(self, dets: Detections, ground: Ground) -> np.ndarray:

@@ -17,10 +17,11 @@ PONDING = NAMES.index("ponding")
 IMG = np.full((320, 320, 3), 96, np.uint8)  # a frame the size of the model input: boxes map 1:1
 
 
-def write_model(d: Path, score: float = 0.6) -> Path:
-    """`d/const.onnx` (+ manifest, manifest thresholds 0.4): one ponding box, centre (160, 200), 80x40, at `score`."""
+def write_model(d: Path, score: float = 0.6, box: tuple[float, float, float, float] = (160, 200, 80, 40)) -> Path:
+    """`d/const.onnx` (+ manifest, manifest thresholds 0.4): one ponding box, `box` = centre x, y, width, height
+    (default (160, 200), 80x40), at `score`."""
     raw = np.zeros((4 + len(NAMES), 8), np.float32)
-    raw[:4, 0] = (160, 200, 80, 40)
+    raw[:4, 0] = box
     raw[4 + PONDING, 0] = score
     model = write_constant_model(d / "const.onnx", raw, height=320, width=320, names=NAMES)
     manifest = {"name": "const", "version": "0.0.1", "model_file": "const.onnx", "sha256": file_sha256(model),
