@@ -17,12 +17,13 @@ PONDING = NAMES.index("ponding")
 IMG = np.full((320, 320, 3), 96, np.uint8)  # a frame the size of the model input: boxes map 1:1
 
 
-def write_model(d: Path, score: float = 0.6, box: tuple[float, float, float, float] = (160, 200, 80, 40)) -> Path:
-    """`d/const.onnx` (+ manifest, manifest thresholds 0.4): one ponding box, `box` = centre x, y, width, height
-    (default (160, 200), 80x40), at `score`."""
+def write_model(d: Path, score: float = 0.6, box: tuple[float, float, float, float] = (160, 200, 80, 40),
+                class_id: int = PONDING) -> Path:
+    """`d/const.onnx` (+ manifest, manifest thresholds 0.4): one box of `class_id` (default ponding), `box` =
+    centre x, y, width, height (default (160, 200), 80x40), at `score`."""
     raw = np.zeros((4 + len(NAMES), 8), np.float32)
     raw[:4, 0] = box
-    raw[4 + PONDING, 0] = score
+    raw[4 + class_id, 0] = score
     model = write_constant_model(d / "const.onnx", raw, height=320, width=320, names=NAMES)
     manifest = {"name": "const", "version": "0.0.1", "model_file": "const.onnx", "sha256": file_sha256(model),
                 "input": {"width": 320, "height": 320}, "classes": default_class_entries({}), "training": {}}

@@ -233,17 +233,22 @@ def test_the_app_drops_a_cover_read_as_water_before_the_vote(tmp_path, limit_m, 
     assert [e.event for e in events] == (["opened"] if opens else [])
 
 
-@pytest.mark.parametrize("box, opens", [((160, 200, 80, 40), True), ((160, 300, 80, 40), False)])
-def test_the_app_opens_a_thing_seen_just_under_its_threshold_for_sustain_s(tmp_path, box, opens):
+@pytest.mark.parametrize("case", ["centre", "cut", "grate", "at_cover"])
+def test_the_app_opens_a_thing_seen_just_under_its_threshold_for_sustain_s(tmp_path, case):
     """The whole scan path of the sustained path: a constant model scores one puddle at 0.36 against the
     manifest's 0.4 in every frame; it opens once after `sustain_s`, on media time. The same box cut by the frame's
-    bottom edge (part of a thing, its foot unseen) never does."""
+    bottom edge (part of a thing, its foot unseen) never does. Nor does an open manhole where the inventory has no
+    cover, scored under `off_inventory_open_threshold` (a grate): held back from the vote, it builds no evidence
+    either; at an inventory cover the same sighting opens by the vote."""
     import yaml
-    from const_site import IMG, write_clip, write_model
+    from const_site import IMG, NAMES as CLASSES, write_clip, write_model
     from edge.app import EdgeApp, load_everything
     from edge.types import Frame
 
-    write_model(tmp_path, score=0.36, box=box)
+    box = (160, 300, 80, 40) if case == "cut" else (160, 200, 80, 40)
+    manhole = case in ("grate", "at_cover")
+    write_model(tmp_path, score=0.45 if manhole else 0.36, box=box,
+                class_id=CLASSES.index("manhole_open") if manhole else CLASSES.index("ponding"))
     write_clip(tmp_path / "clip.mp4")
     pose = dict(width=320, height=320, fx=400.0, fy=400.0, cx=160.0, cy=160.0, height_m=6.0, tilt_deg=35.0)
     (tmp_path / "cam1.yaml").write_text("camera: cam1\npersistence: {window_s: 6, vote_ratio: 0.6, min_scans: 3, "
@@ -251,9 +256,15 @@ def test_the_app_opens_a_thing_seen_just_under_its_threshold_for_sustain_s(tmp_p
     site = {"edge_id": "e-faint", "model": str(tmp_path / "const.onnx"), "state_dir": str(tmp_path / "state"),
             "cameras": [{"id": "cam1", "url": "clip.mp4", "rules": "cam1.yaml",
                          "calibration": {"anchor": ANCHOR, "pose": pose}}]}
+    if manhole:
+        cal = Calibration(anchor=GeoAnchor(**ANCHOR), pose=CameraPose(**pose))
+        at = ground_map(cal, "cam1").to_ground(np.array([[160.0, 200.0]]))[0]
+        covers_file(tmp_path, at if case == "at_cover" else at + (8.0, 0.0))
+        site["geo"] = {"inventory": "covers.geojson", "off_inventory_open_threshold": 0.8}
     (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
     app = EdgeApp(load_everything(tmp_path / "site.yaml"), replay=True)
     events = [e for t in np.arange(0.0, 40.0, 2.0) for e in app.process(Frame("cam1", float(t), IMG))]
-    assert [(e.event, e.ts) for e in events] == ([("opened", 20.0)] if opens else [])
-    if opens:
+    expected = {"centre": [("opened", 20.0)], "cut": [], "grate": [], "at_cover": [("opened", 4.0)]}[case]
+    assert [(e.event, e.ts) for e in events] == expected
+    if case == "centre":
         assert events[0].confidence == pytest.approx(0.36, abs=1e-3) and events[0].lon is not None
