@@ -33,7 +33,7 @@ import numpy as np
 from .batcher import SharedDetector
 from .commands import CommandDispatcher
 from .config import DEFAULT_PROFILE, Camera, ConfigError, Rules, Site, load_rules, load_site, mask_url, rules_path
-from .detector import Detector
+from .detector import CUT_EDGE_PX, Detector
 from .evidence import evidence_jpeg
 from .incidents import IncidentBook
 from .locate import Locator
@@ -44,8 +44,6 @@ from .topics import Topics
 from .types import Frame, IncidentEvent
 
 log = logging.getLogger(__name__)
-# a box within this many pixels of the frame's edge is cut by it (see `EdgeApp.process`)
-FRAME_EDGE_PX = 2.0
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -311,8 +309,8 @@ class EdgeApp:
             # the sustained path's measure: score against the class threshold. Held-back manholes do not count, nor
             # boxes cut by the frame's edge: part of a thing, its foot unseen (801: a parked cart cut by the bottom
             # edge, read as a material pile at 0.6-0.7 of the threshold for a minute)
-            cut = ((kept.xyxy[:, :2] <= FRAME_EDGE_PX).any(axis=1) | (kept.xyxy[:, 2] >= w - FRAME_EDGE_PX)
-                   | (kept.xyxy[:, 3] >= h - FRAME_EDGE_PX))
+            cut = ((kept.xyxy[:, :2] <= CUT_EDGE_PX).any(axis=1) | (kept.xyxy[:, 2] >= w - CUT_EDGE_PX)
+                   | (kept.xyxy[:, 3] >= h - CUT_EDGE_PX))
             strength = np.where(unsure | cut, 0.0, kept.confidence / rs.thresholds[kept.class_id])
             self.L.locator.record_covers(kept[strong], ground.subset(strong), frame.ts)
             events = self.book.update(frame.camera_id, frame.ts, kept, zones, frame, ground, strong=strong,

@@ -30,6 +30,7 @@ MAX_NMS_CANDIDATES = 30000
 # box (any view, any class) that holds at least CUT_HELD_SHARE of it and shows the thing going on past the cut by
 # at least CUT_BEYOND_SHARE of the cut box's size across it. A box the edge only trims (a cover 3 px short of its
 # whole-frame box, a puddle's last tenth) is most of its thing and often the surest view of it: it stays.
+# The app uses the same tolerance for boxes cut by the frame's own edge (they build no sustained evidence).
 CUT_EDGE_PX = 2.0
 CUT_HELD_SHARE = 0.6
 CUT_BEYOND_SHARE = 0.25

@@ -175,6 +175,32 @@ def _far_side_discounted(d: np.ndarray | float, far: np.ndarray | float) -> np.n
     return np.sqrt(np.maximum(np.square(d) - (1.0 - FAR_SIDE_WEIGHT ** 2) * np.square(far), 0.0))
 
 
+def _match_scores(d: np.ndarray, radius: np.ndarray, iou: np.ndarray, min_iou: float,
+                  same: np.ndarray) -> np.ndarray:
+    """Scores of sightings (rows) against tracks (columns): by ground gap `d` within the class's merge radius where
+    both places are known ((1, 2]: these go first), else by box IoU in the camera's image; -1 where they cannot
+    match (another class, too far, too little overlap)."""
+    by_ground = np.isfinite(d)
+    score = np.where(by_ground & (d < radius), 2.0 - d / radius, -1.0)
+    score = np.where(~by_ground & (iou >= min_iou), iou, score)
+    score[~same] = -1.0
+    return score
+
+
+def _greedy_pairs(score: np.ndarray) -> list[tuple[int, int]]:
+    """One-to-one (row, column) pairs with a positive score, best first."""
+    score = score.copy()
+    pairs: list[tuple[int, int]] = []
+    while score.size:
+        i, j = np.unravel_index(int(np.argmax(score)), score.shape)
+        if score[i, j] <= 0:
+            break
+        pairs.append((int(i), int(j)))
+        score[i, :] = -1
+        score[:, j] = -1
+    return pairs
+
+
 def _top_of(t: Track, x: Track) -> bool:
     """Is candidate `t` most likely the top of upright incident `x` boxed alone: beyond x's foot along the camera's
     ray, with its box mostly inside x's box in a camera that saw both? (Held-out scenario 791: a truck hid a shed's
@@ -576,21 +602,10 @@ class IncidentBook:
         fc = np.array([f.class_id for f in faint])
         fg = np.array([f.ground if f.ground is not None else (np.nan, np.nan) for f in faint], np.float64)
         d = np.linalg.norm(ground.xy[idx][:, None, :] - fg[None, :, :], axis=2)
-        radius = self._radius[dets.class_id[idx]][:, None]
-        by_ground = np.isfinite(d)
-        score = np.where(by_ground & (d < radius), 2.0 - d / radius, -1.0)
         iou = np.nan_to_num(box_iou(dets.xyxy[idx], np.stack([f.box for f in faint])), nan=0.0)
-        score = np.where(~by_ground & (iou >= min_iou), iou, score)
-        score[dets.class_id[idx][:, None] != fc[None, :]] = -1.0
-        out: dict[int, Faint] = {}
-        while score.size:
-            a, b = np.unravel_index(int(np.argmax(score)), score.shape)
-            if score[a, b] <= 0:
-                break
-            out[int(idx[a])] = faint[int(b)]
-            score[a, :] = -1
-            score[:, b] = -1
-        return out
+        score = _match_scores(d, self._radius[dets.class_id[idx]][:, None], iou, min_iou,
+                              dets.class_id[idx][:, None] == fc[None, :])
+        return {int(idx[a]): faint[b] for a, b in _greedy_pairs(score)}
 
     def _candidate_at(self, f: Faint, camera_id: str) -> Track | None:
         """A candidate (not open) of the faint track's class at its place: by ground within the merge radius, else
@@ -669,23 +684,12 @@ class IncidentBook:
         # hidden or missed by the box: that part of the gap counts FAR_SIDE_WEIGHT. Not for candidates: a stray
         # box in front of a thing would otherwise collect that thing's second boxes and open as a case
         d = _far_side_discounted(d, ground.far_side(tg) * is_open[None, :])
-        radius = self._radius[dets.class_id][:, None]
-        by_ground = np.isfinite(d)
-        score = np.where(by_ground & (d < radius), 2.0 - d / radius, -1.0)  # (1, 2]: ground matches go first
         tb = np.stack([t.boxes.get(camera_id, np.full(4, np.nan, np.float32)) for t in self._tracks])
         iou = np.nan_to_num(box_iou(dets.xyxy, tb), nan=0.0)
-        score = np.where(~by_ground & (iou >= min_iou), iou, score)
-        score[~same] = -1.0
+        score = _match_scores(d, self._radius[dets.class_id][:, None], iou, min_iou, same)
         score[~strong[:, None] & ~is_open[None, :]] = -1.0  # weak sightings: open incidents only
         near = (score > 0).any(axis=1)
-        out: dict[int, Track] = {}
-        while True:
-            i, j = np.unravel_index(int(np.argmax(score)), score.shape)
-            if score[i, j] <= 0:
-                break
-            out[int(i)] = self._tracks[int(j)]
-            score[i, :] = -1
-            score[:, j] = -1
+        out = {i: self._tracks[j] for i, j in _greedy_pairs(score)}
         return out, {int(i) for i in np.flatnonzero(near) if int(i) not in out}
 
     def _near_open(self, t: Track) -> bool:
