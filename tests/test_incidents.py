@@ -595,7 +595,7 @@ def faint(book, cam, t, conf, xy=(8.0, 2.0), th=0.8):
     """One scan of `cam` seeing a puddle at `xy` scored `conf` against a class threshold `th` (None: unseen)."""
     img = np.zeros((100, 200, 3), np.uint8)
     if conf is None:
-        return book.update(cam, t, dets([]), [], img, ground_of([]) if False else None, strength=np.zeros(0))
+        return book.update(cam, t, dets([]), [], img, None, strength=np.zeros(0))
     d = dets([[60, 40, 90, 70]], conf=conf)
     return book.update(cam, t, d, [None], img, ground_of([xy]), strong=np.array([conf >= th]),
                        strength=np.array([conf / th]))
