@@ -111,6 +111,42 @@ def test_a_pile_alone_is_labelled_fully_visible(kind):
         assert labels[0].visible > 0.99, (seed, labels[0].visible)
 
 
+def test_an_open_manholes_label_boxes_the_hole_not_the_rubble_around_it():
+    """The broken pavement painted around some open manholes is faint grey rubble the colour of the road: a
+    person boxes the hole (and a cover lying beside it). With the rubble in the label, boxes were up to twice the
+    hole's size, and a detector boxing the hole was scored a miss at IoU 0.5."""
+    import math
+
+    from edge.synth import objects as ob
+    from edge.synth.render import ground_patch
+    from edge.synth.scene import Scene, Thing, draw_things, render_background
+
+    cam = PoleCamera.from_hfov(640, 384, 60, 4.0, 35.0)
+    scene = Scene(cam, "road", "day", 1)
+    checked = rubble_wider = 0
+    for seed in range(40):
+        t = Thing(0, "manhole_open", "manhole_open", 0.5, 7.0, 0.7, seed)
+        ang = math.atan2(cam.y_m - t.y, cam.x_m - t.x) - t.yaw
+        patch, _ = ob.manhole_open(np.random.default_rng(seed), t.size, ang)
+        n = int(t.size * 1.9 / ob.RES)
+        if patch.shape[0] != n or not (patch[..., 3] > patch[..., 4] + 1).any():
+            continue  # a cover lies beside this hole, or no rubble around it
+        img, _ = render_background(scene)
+        (label,) = draw_things(scene, img, [t], [])
+        a = np.linspace(0, 2 * math.pi, 90, endpoint=False)
+        rim = np.column_stack([t.x + np.cos(a) * t.size / 2, t.y + np.sin(a) * t.size / 2, np.zeros_like(a)])
+        uv, _ = cam.project(rim)
+        x0, y0, x1, y1 = label.xyxy
+        assert x0 >= uv[:, 0].min() - 2 and x1 <= uv[:, 0].max() + 2, (seed, label.xyxy, uv.min(0), uv.max(0))
+        assert y0 >= uv[:, 1].min() - 2 and y1 <= uv[:, 1].max() + 2, (seed, label.xyxy, uv.min(0), uv.max(0))
+        # the rubble really reaches past the hole in this view (else the check above proves nothing)
+        layer = ground_patch(cam, patch, t.xy, ob.RES, t.yaw)
+        ys, xs = np.nonzero(layer.alpha > 0.6)
+        rubble_wider += (layer.x0 + xs.min() < uv[:, 0].min() - 3) or (layer.x0 + xs.max() + 1 > uv[:, 0].max() + 3)
+        checked += 1
+    assert checked >= 5 and rubble_wider >= 2, (checked, rubble_wider)
+
+
 def test_edge_vehicles_are_cut_by_the_frame_and_keep_the_labels_right():
     """Half a car at the frame's edge is a hard negative real footage is full of; it must really be half in view,
     and it must not upset the labels of the scene's incidents."""

@@ -61,7 +61,8 @@ def manhole_cover(rng: np.random.Generator, diameter: float) -> tuple[np.ndarray
 
 def manhole_open(rng: np.random.Generator, diameter: float, to_camera: float) -> tuple[np.ndarray, float]:
     """A missing or displaced cover: a dark shaft inside a frame, its far inner wall lit, sometimes the
-    cover lying half off. `to_camera` is the angle (rad, patch frame) pointing at the camera."""
+    cover lying half off. `to_camera` is the angle (rad, patch frame) pointing at the camera. Five channels:
+    RGBA, then the label's mask (the frame and the displaced cover, without the rubble around them)."""
     n = int(diameter * 1.9 / RES)
     c = n // 2
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) - (n - 1) / 2
@@ -90,24 +91,25 @@ def manhole_open(rng: np.random.Generator, diameter: float, to_camera: float) ->
     rim = np.clip(frame - shaft, 0, 1)[..., None]
     rgb = rgb * (1 - rim) + frame_col * rim
     alpha = frame.copy()
-    # broken pavement around the hole
+    # broken pavement around the hole: painted, but not part of the label (a person boxes the hole and its cover,
+    # not faint grey rubble the colour of the road; with it the boxes were up to twice the hole's size)
     if rng.random() < 0.5:
         debris = np.clip(blob_mask(rng, n, n, 0.5, 0.9) - frame, 0, 1) * rng.uniform(0.3, 0.8)
         rgb = rgb * (1 - debris[..., None]) + rng.uniform(70, 130) * debris[..., None]
         alpha = np.maximum(alpha, debris)
-    patch = _rgba(rgb, alpha)
+    patch = np.concatenate([_rgba(rgb, alpha), frame[..., None] * 255], axis=2)
     if rng.random() < 0.35:  # the displaced cover lies next to the hole, partly over it
         cov, _ = manhole_cover(rng, diameter * 0.95)
         cn = cov.shape[0]
         ang = rng.uniform(0, 2 * math.pi)
         off = rng.uniform(0.55, 0.8) * diameter / RES
         ox, oy = int(c + math.cos(ang) * off - cn / 2), int(c + math.sin(ang) * off - cn / 2)
-        big = np.zeros((n + 2 * cn, n + 2 * cn, 4), np.float32)
+        big = np.zeros((n + 2 * cn, n + 2 * cn, 5), np.float32)
         big[cn:cn + n, cn:cn + n] = patch
         sl = big[cn + oy:cn + oy + cn, cn + ox:cn + ox + cn]
         a = cov[..., 3:4] / 255
         sl[..., :3] = sl[..., :3] * (1 - a) + cov[..., :3] * a
-        sl[..., 3:4] = np.maximum(sl[..., 3:4], cov[..., 3:4])
+        sl[..., 3:5] = np.maximum(sl[..., 3:5], cov[..., 3:4])
         patch = big
     return patch, RES
 

@@ -17,12 +17,14 @@ from .camera import PoleCamera
 @dataclass
 class Layer:
     """An object's pixels: premultiplied colour (h,w,3) float32, alpha (h,w) float32 0..1, and the
-    top-left corner of the layer in the image."""
+    top-left corner of the layer in the image; `label_alpha`, where the object's label covers less than it
+    paints (the rubble around an open manhole), else None."""
 
     rgb: np.ndarray
     alpha: np.ndarray
     x0: int
     y0: int
+    label_alpha: np.ndarray | None = None
 
 
 def _roi(uv: np.ndarray, cam: PoleCamera, margin: int = 2) -> tuple[int, int, int, int] | None:
@@ -37,7 +39,9 @@ def _roi(uv: np.ndarray, cam: PoleCamera, margin: int = 2) -> tuple[int, int, in
 
 def ground_patch(cam: PoleCamera, rgba: np.ndarray, xy: tuple[float, float], res_m: float, yaw: float = 0.0) -> Layer | None:
     """Lay a top-down RGBA picture (`res_m` metres per pixel, centred at ground `xy`, rotated by `yaw` rad)
-    onto the ground as seen by `cam`."""
+    onto the ground as seen by `cam`. A fifth channel, if there is one, is the label's mask (`label_alpha`)."""
+    label = rgba[..., 4] if rgba.shape[2] > 4 else None
+    rgba = rgba[..., :4]
     ph, pw = rgba.shape[:2]
     # avoid aliasing: shrink the patch to about the footprint of an image pixel there
     mpp = float(cam.metres_per_pixel(np.array([xy]))[0])
@@ -45,6 +49,8 @@ def ground_patch(cam: PoleCamera, rgba: np.ndarray, xy: tuple[float, float], res
         k = res_m * 1.5 / mpp
         nw, nh = max(2, int(pw * k)), max(2, int(ph * k))
         rgba = cv2.resize(rgba, (nw, nh), interpolation=cv2.INTER_AREA)
+        if label is not None:
+            label = cv2.resize(label, (nw, nh), interpolation=cv2.INTER_AREA)
         res_m = res_m * pw / nw
         ph, pw = rgba.shape[:2]
     c, s = math.cos(yaw), math.sin(yaw)
@@ -65,7 +71,11 @@ def ground_patch(cam: PoleCamera, rgba: np.ndarray, xy: tuple[float, float], res
     out = cv2.warpPerspective(rgba, M, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                               borderValue=0)
     a = out[..., 3].astype(np.float32) / 255.0
-    return Layer(out[..., :3].astype(np.float32) * a[..., None], a, x0, y0)
+    lab = None
+    if label is not None:
+        lab = cv2.warpPerspective(label, M, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(np.float32) / 255.0
+    return Layer(out[..., :3].astype(np.float32) * a[..., None], a, x0, y0, lab)
 
 
 def warp_to_quad(tex: np.ndarray, quad: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, shade: float = 1.0) -> None:

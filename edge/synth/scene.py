@@ -476,7 +476,7 @@ def draw_things(scene: Scene, img: np.ndarray, things: list[Thing], cutouts: lis
         composite(img, lay)
         h, w = lay.alpha.shape
         sl = (slice(lay.y0, lay.y0 + h), slice(lay.x0, lay.x0 + w))
-        strong = lay.alpha > 0.6
+        strong = (lay.alpha if lay.label_alpha is None else lay.label_alpha) > 0.6
         if tid >= 0:
             if tid not in painted:
                 painted[tid] = np.zeros((cam.height, cam.width), bool)
