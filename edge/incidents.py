@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -36,6 +37,10 @@ FAR_SIDE_WEIGHT = 0.5
 # share of a candidate's box inside an open upright incident's box from which, lying beyond that incident's foot,
 # it is taken for the incident's top read as another class
 TOP_INSIDE = 0.7
+# share of a thing's half size (Ground.half_size) that `accuracy_m` adds to the measurement uncertainty: with it
+# the reported radius held the true centre in 89 % of the 247 reports of the 25 development scenarios (measurement
+# alone: 47 %; material piles 74 %, the least) and 92 % of the 37 on held-out 885-888
+HALF_SIZE_SHARE = 0.5
 
 
 class EventSink(Protocol):
@@ -58,6 +63,9 @@ class Ground:
     # for flat things: half the larger side of the box's footprint on the ground (metres; 0 for upright things,
     # NaN where unknown): how far from its point a puddle still reaches
     reach: np.ndarray | None = None
+    # half the thing's size on the ground as its box shows it (metres, NaN where unknown): how far its centre may
+    # lie from the point the box gives, since a pile's or a shed's box does not show where its middle is
+    half_size: np.ndarray | None = None
 
     @classmethod
     def unknown(cls, n: int) -> "Ground":
@@ -65,7 +73,8 @@ class Ground:
 
     def subset(self, mask: np.ndarray) -> "Ground":
         return Ground(self.xy[mask], self.accuracy_m[mask], None if self.away is None else self.away[mask],
-                      None if self.reach is None else self.reach[mask])
+                      None if self.reach is None else self.reach[mask],
+                      None if self.half_size is None else self.half_size[mask])
 
     def far_side(self, ref: np.ndarray) -> np.ndarray:
         """(n, m) metres by which each point lies beyond each reference point along its own away direction
@@ -114,6 +123,7 @@ class Track:
     # which way is "beyond" depends on where one looks from; the camera seen latest is last
     aways: dict = field(default_factory=dict)
     reach: float = 0.0  # flat things: how far from `ground` its footprint reaches (the largest seen, <= merge radius)
+    half_size: float = 0.0  # half its size on the ground in the best view (Ground.half_size)
     evidence_dirty: bool = False  # evidence changed since it was last written to the state file
 
     @property
@@ -168,6 +178,15 @@ class Suppression:
 Evidence = Callable[[np.ndarray, np.ndarray, str, float], bytes]
 _COLUMNS = {"ground_x": "REAL", "ground_y": "REAL", "ground_w": "REAL", "accuracy_m": "REAL", "boxes": "TEXT",
             "evidence": "BLOB"}
+
+
+def reported_accuracy(measured_m: float | None, half_size_m: float) -> float | None:
+    """The message's `accuracy_m`: the point's measurement uncertainty (calibration, pixel footprint) and
+    HALF_SIZE_SHARE of the thing's half size, in quadrature. The measurement alone held the true centre in under
+    half of the reports (a pile's box shows its front, not its middle); see HALF_SIZE_SHARE."""
+    if measured_m is None:
+        return None
+    return float(math.hypot(measured_m, HALF_SIZE_SHARE * half_size_m))
 
 
 def _far_side_discounted(d: np.ndarray | float, far: np.ndarray | float) -> np.ndarray:
@@ -229,7 +248,7 @@ def _track_state(t: Track) -> dict:
             "incident_id": t.incident_id, "opened_ts": t.opened_ts, "last_update": t.last_update, "seq": t.seq,
             "image_size": list(t.image_size), "ground": None if t.ground is None else [float(v) for v in t.ground],
             "ground_w": t.ground_w, "accuracy_m": t.accuracy_m,
-            "aways": {c: [float(v) for v in a] for c, a in t.aways.items()}, "reach": t.reach}
+            "aways": {c: [float(v) for v in a] for c, a in t.aways.items()}, "reach": t.reach, "half_size": t.half_size}
 
 
 def _track_from(d: dict) -> Track:
@@ -243,7 +262,7 @@ def _track_from(d: dict) -> Track:
                  seq=d["seq"], image_size=tuple(d["image_size"]),
                  ground=None if d["ground"] is None else np.array(d["ground"], np.float64), ground_w=d["ground_w"],
                  accuracy_m=d["accuracy_m"], aways={c: np.array(a, np.float64) for c, a in aways.items()},
-                 reach=float(d.get("reach", 0.0)))
+                 reach=float(d.get("reach", 0.0)), half_size=float(d.get("half_size", 0.0)))
 
 
 def _faint_state(f: Faint) -> dict:
@@ -530,6 +549,9 @@ class IncidentBook:
                 t.accuracy_m = acc if t.accuracy_m is None else min(t.accuracy_m, acc)
         if conf > t.best_conf + 0.02 or t.best_box is None:
             t.best_conf, t.best_box, t.camera_id, t.image_size = conf, box.copy(), camera_id, size
+            half = np.nan if ground.half_size is None else float(ground.half_size[i])
+            if np.isfinite(half):
+                t.half_size = half
             if zone is not None or t.zone is None:
                 t.zone = zone
             if image is not None and self.evidence is not None:
@@ -740,9 +762,10 @@ class IncidentBook:
         box = t.best_box if t.best_box is not None else t.box
         name = self.class_names[t.class_id]
         place: dict = {}
+        accuracy = reported_accuracy(t.accuracy_m, t.half_size)
         if t.ground is not None and self.places is not None:
-            place = dict(self.places.describe(name, t.ground, t.accuracy_m))
-        lon, lat, acc = place.pop("lon", None), place.pop("lat", None), place.pop("accuracy_m", t.accuracy_m)
+            place = dict(self.places.describe(name, t.ground, accuracy))
+        lon, lat, acc = place.pop("lon", None), place.pop("lat", None), place.pop("accuracy_m", accuracy)
         return IncidentEvent(message_id=mid, incident_id=t.incident_id or "", event=kind,  # type: ignore[arg-type]
                              class_name=name, camera_id=t.camera_id, ts=ts,
                              discovered_ts=t.opened_ts if t.opened_ts is not None else ts, confidence=round(t.best_conf, 4),

@@ -110,18 +110,27 @@ class Locator:
                 away = np.where((norm > 0) & ~centre[:, None], step / norm, 0.0)
             xy = xy + away * self._depth[dets.class_id][:, None]
         reach = np.zeros(n)
-        if centre.any():  # flat things: half the larger side of the box's footprint (box edge midpoints on the ground)
+        # half the thing's size on the ground: flat things, the larger side of the box's footprint (its edge
+        # midpoints on the ground); upright things, the width of the box's bottom edge there
+        half = np.zeros(n)
+        if centre.any():
             f = b[centre]
             xc, yc = (f[:, 0] + f[:, 2]) / 2, (f[:, 1] + f[:, 3]) / 2
             e = gm.to_ground(np.concatenate([np.stack([f[:, 0], yc], 1), np.stack([f[:, 2], yc], 1),
                                              np.stack([xc, f[:, 1]], 1), np.stack([xc, f[:, 3]], 1)])).reshape(4, -1, 2)
-            reach[centre] = np.maximum(np.linalg.norm(e[0] - e[1], axis=1), np.linalg.norm(e[2] - e[3], axis=1)) / 2
+            reach[centre] = half[centre] = np.maximum(np.linalg.norm(e[0] - e[1], axis=1),
+                                                      np.linalg.norm(e[2] - e[3], axis=1)) / 2
+        if not centre.all():
+            u = b[~centre]
+            e = gm.to_ground(np.concatenate([u[:, [0, 3]], u[:, [2, 3]]])).reshape(2, -1, 2)
+            half[~centre] = np.linalg.norm(e[0] - e[1], axis=1) / 2
         xy = xy + self._offset[camera_id]
         acc = np.asarray(gm.accuracy_m(uv), np.float64)
         bad = ~np.all(np.isfinite(xy), axis=1)
         acc[bad] = np.nan
         reach[bad] = np.nan
-        return Ground(xy, acc, away, reach)
+        half[bad] = np.nan
+        return Ground(xy, acc, away, reach, half)
 
     def record_covers(self, dets: Detections, ground: Ground, ts: float) -> list[str]:
         """Intact covers seen in this scan refresh their inventory entry's last-seen-intact time."""

@@ -31,7 +31,7 @@ Incident message fields (topic ``{prefix}/{edge_id}/incident/{camera_id}``, QoS 
 | `zone` | string \\| null | rule zone name |
 | `lon`, `lat` | number \\| null | ground position; both null when the camera has no ground calibration |
 | `crs` | string | always present: `EPSG:4490` (CGCS2000 geographic; equal to WGS84 within centimetres here) |
-| `accuracy_m` | number \\| null | estimated ground error radius; null when unknown (always null when `lon`/`lat` are) |
+| `accuracy_m` | number \\| null | radius (m) around `lon`/`lat` that holds the thing's centre about 9 times in 10 (measurement error and the thing's size); null when unknown (always null when `lon`/`lat` are) |
 | `model` | object | `name`, `version`, `sha256` of the ONNX model |
 | `needs_review` | true | AI discoveries are verified by a seat operator before dispatch |
 | `description` | string | short Chinese / English text (eventDesc) |

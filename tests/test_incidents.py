@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import numpy as np
+import pytest
 
 from edge.config import Persistence, Rules
 from edge.detections import Detections
@@ -149,6 +150,26 @@ def test_two_cameras_one_incident_best_view_and_refined_position(tmp_path):
     assert final.camera_id == "b"  # the best view (higher confidence) gives the evidence and the box
     assert np.hypot(final.ground[0] - 10.4, final.ground[1] - 3.25) < 0.3  # mean of both cameras' sightings
     assert opened[0].lon is not None and opened[0].extra["grid_code"] == "320582001001001"
+
+
+def test_the_reported_accuracy_grows_with_the_things_size_and_survives_a_restart(tmp_path):
+    """accuracy_m is the measurement uncertainty and half the thing's half size in quadrature: a 4 m wide puddle's
+    or pile's centre is not known to the 0.5 m its point is."""
+    from edge.incidents import HALF_SIZE_SHARE, Ground
+
+    def seen(book, t):
+        return book.update("a", t, dets([[10, 10, 40, 40]], cls=2), [None], np.zeros((100, 200, 3), np.uint8),
+                           Ground(np.array([[10.0, 3.0]]), np.array([0.5]), half_size=np.array([2.0])))
+
+    db = str(tmp_path / "s.db")
+    book = IncidentBook(db, "edge1", NAMES, RULES2, ListSink(), places=FakePlaces())
+    ev = [e for k in range(6) for e in seen(book, 2.0 * k)]
+    opened = [e for e in ev if e.event == "opened"]
+    assert len(opened) == 1 and opened[0].accuracy_m == pytest.approx(np.hypot(0.5, HALF_SIZE_SHARE * 2.0))
+    book.close()
+    book = IncidentBook(db, "edge1", NAMES, RULES2, ListSink(), places=FakePlaces())
+    assert book.open_incidents()[0].half_size == 2.0
+    book.close()
 
 
 def test_things_beyond_the_merge_radius_stay_apart(tmp_path):

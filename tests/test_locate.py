@@ -87,6 +87,20 @@ def test_flat_things_use_the_box_centre(two_cameras):
     assert g.xy[1][1] < xy[1] - 0.3  # garbage (bottom edge, nearer the camera) read at the same box lands nearer
 
 
+def test_half_size_is_the_foot_width_of_an_upright_box_and_the_footprint_of_a_flat_one(two_cameras):
+    """A pile's box shows its front, not its middle: how far the centre may lie from the point scales with the
+    thing's size, which the box's width on the ground gives (feeds the message's accuracy_m)."""
+    a, _, maps = two_cameras
+    loc = Locator(maps, NAMES, {"ponding": "centre"})
+    (l, r), _ = a.project(np.array([[-1.5, 15.0, 0.0], [1.5, 15.0, 0.0]]))
+    pile = [l[0], l[1] - 60, r[0], l[1]]  # bottom edge 3 m wide on the ground at 15 m
+    d = Detections(np.array([pile, pile], np.float32), np.array([0.9, 0.9], np.float32), np.array([3, 2]))
+    g = loc.ground("a", d, 1280, 720)
+    assert abs(g.half_size[0] - 1.5) < 0.05
+    assert g.half_size[1] == g.reach[1] > 1.5  # ponding: half the larger side of the footprint (60 px deep too)
+    assert np.isnan(loc.ground("elsewhere", d, 1280, 720).xy).all()
+
+
 def test_uncalibrated_camera_gives_unknown_ground(two_cameras):
     loc = Locator(two_cameras[2], NAMES, {})
     d = Detections(np.array([[0, 0, 10, 10]], np.float32), np.array([0.9], np.float32), np.array([2]))
