@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import shapely
+import shapely.affinity
 from shapely import STRtree
 from shapely.geometry import shape
 
@@ -307,6 +308,18 @@ class GridLayer:
             np.minimum.at(best, idx[inp], hit)
         cells = self.cells + (None,)
         return [cells[k] for k in best.tolist()]
+
+    def within(self, lon: float, lat: float, radius_m: float) -> list[GridCell]:
+        """Every grid that comes within `radius_m` of the point, by grid_code: a place whose uncertainty
+        reaches across a grid border may belong to the grid next door, which a dispatcher should know."""
+        if not (math.isfinite(lon) and math.isfinite(lat) and radius_m > 0) or not len(self.cells):
+            return []
+        # the circle as an ellipse in degrees (a degree of longitude is shorter than one of latitude)
+        m, n = _radii(lat)
+        circle = shapely.affinity.scale(shapely.Point(lon, lat).buffer(1.0, 16),
+                                        math.degrees(radius_m / (n * math.cos(math.radians(lat)))),
+                                        math.degrees(radius_m / m))
+        return [self.cells[k] for k in sorted(self._tree.query(circle, predicate="intersects").tolist())]
 
 
 # ----------------------------------------------------------------------------- cover inventory

@@ -213,6 +213,10 @@ class Locator:
             cell = self.grid.lookup(np.array([lon]), np.array([lat]))[0]
             if cell is not None:
                 out.update(grid_code=cell.grid_code, street_code=cell.street_code, community_code=cell.community_code)
+            if accuracy_m:
+                near = [c.grid_code for c in self.grid.within(lon, lat, accuracy_m) if c is not cell]
+                if near:
+                    out["grid_codes_near"] = near
         if class_name == "manhole_open" and self.inventory is not None:
             comp = self.inventory.nearest(np.array([lon]), np.array([lat]), self.component_radius_m)[0]
             if comp is not None:

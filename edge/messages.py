@@ -37,6 +37,7 @@ Incident message fields (topic ``{prefix}/{edge_id}/incident/{camera_id}``, QoS 
 | `description` | string | short Chinese / English text (eventDesc) |
 | `evidence` | object \\| null | `mime` (`image/jpeg`), `sha256` of the JPEG, and `data_b64` (broker `evidence: inline`) or `topic` (`evidence: topic`: the JPEG bytes go to `{prefix}/{edge_id}/evidence/{incident_id}` just before this message); null with `evidence: none` or no picture |
 | `component_id`, `component_status`, `component_kind`, `grid_code`, `street_code`, `community_code`, `location_desc` | string, optional | present only when the geo stage knows them (from the event's `extra`); a matched cover's kind also sets `major_code`/`minor_code`/`legacy_code` to that kind's codes (污水井盖 0102 / 01002 …) |
+| `grid_codes_near` | array of strings, optional | the other unit grids within `accuracy_m` of the point, by code: the place may lie in one of them (present only when there are any) |
 | `gcj02` | object, optional | `{"lon", "lat"}` on GCJ-02 (consumer maps in China), when the site asks for it (`geo.gcj02`) |
 | `projected` | object, optional | `{"crs", "x", "y"}` in the site's projected CRS (`geo.projected_crs`, e.g. EPSG:4549), metres |
 | `reason` | `dismissed`, optional | `resolved` only: the centre dismissed the incident as a false alarm (command `dismiss`, edge/commands.py), not "no longer seen" |
@@ -94,7 +95,7 @@ CGCS2000 = "EPSG:4490"
 GB2026_REF = "GB/T 47678.5-2026"
 LEGACY_REFS = ("CJ/T 214-2007", "GB/T 30428.2-2013")
 OPTIONAL_GEO_FIELDS = ("component_id", "component_status", "component_kind", "grid_code", "street_code",
-                       "community_code", "location_desc", "gcj02", "projected")
+                       "community_code", "grid_codes_near", "location_desc", "gcj02", "projected")
 
 EvidenceMode = Literal["inline", "topic", "none"]
 MessageKind = Literal["incident", "edge_status", "camera_status", "reply"]

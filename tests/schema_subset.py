@@ -10,7 +10,8 @@ import re
 from typing import Any
 
 CHECKED = {"type", "const", "enum", "required", "properties", "additionalProperties", "pattern", "minimum",
-           "maximum", "minLength", "maxLength", "oneOf", "allOf", "not", "if", "then", "else", "$ref"}
+           "maximum", "minLength", "maxLength", "oneOf", "allOf", "not", "if", "then", "else", "$ref", "items",
+           "minItems", "uniqueItems"}
 ANNOTATIONS = {"$schema", "$id", "$comment", "$defs", "title", "description", "format", "contentEncoding",
                "contentMediaType"}
 
@@ -26,7 +27,7 @@ def keywords(schema: Any) -> set[str]:
     for key in ("allOf", "oneOf"):
         for sub in schema.get(key, []):
             out |= keywords(sub)
-    for key in ("not", "if", "then", "else", "additionalProperties"):
+    for key in ("not", "if", "then", "else", "additionalProperties", "items"):
         out |= keywords(schema.get(key))
     return out
 
@@ -80,6 +81,14 @@ def errors(schema: dict[str, Any] | bool, inst: Any, root: dict[str, Any] | None
             out.append(f"{where}: {inst!r} does not match {schema['pattern']}")
         if len(inst) < schema.get("minLength", 0) or len(inst) > schema.get("maxLength", float("inf")):
             out.append(f"{where}: length {len(inst)} out of bounds")
+    if isinstance(inst, list):
+        if len(inst) < schema.get("minItems", 0):
+            out.append(f"{where}: {len(inst)} items, fewer than {schema['minItems']}")
+        if schema.get("uniqueItems") and len({repr(v) for v in inst}) < len(inst):
+            out.append(f"{where}: items repeat")
+        if "items" in schema:
+            for k, v in enumerate(inst):
+                out += errors(schema["items"], v, root, f"{path}/{k}")
     if _is(inst, "number"):
         if inst < schema.get("minimum", float("-inf")) or inst > schema.get("maximum", float("inf")):
             out.append(f"{where}: {inst} out of bounds")

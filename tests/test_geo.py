@@ -152,6 +152,19 @@ def test_grid_border_goes_to_the_smallest_code(grid_file: Path, tmp_path: Path) 
     assert [c.grid_code if c else None for c in again.lookup(border_lon, border_lat)] == got
 
 
+def test_grids_within_a_radius_of_a_point(grid_file: Path) -> None:
+    """A place 0.4 m from the border of 001 and 002 with a 0.6 m radius may lie in either; with 0.3 m it may not;
+    at the corner four cells share, all four."""
+    layer = GridLayer.load(grid_file)
+    codes = lambda x, y, r: [c.grid_code for c in layer.within(*local_to_lonlat(x, y, ANCHOR), r)]  # noqa: E731
+    assert codes(99.6, 50.0, 0.6) == ["320582101002001", "320582101002002"]
+    assert codes(99.6, 50.0, 0.3) == ["320582101002001"]
+    assert codes(50.0, 99.6, 0.6) == ["320582101002001", "320582101002004"]  # north: metres of latitude
+    assert codes(100.3, 100.3, 0.5) == ["320582101002001", "320582101002002", "320582101002004",
+                                        "320582101002005"]
+    assert codes(50.0, -10.0, 5.0) == [] and codes(float("nan"), 0.0, 1.0) == [] and codes(50.0, 50.0, 0.0) == []
+
+
 def test_grid_lookup_vectorised_ten_thousand_points(grid_file: Path) -> None:
     layer = GridLayer.load(grid_file)
     rng = np.random.default_rng(2)

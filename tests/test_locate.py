@@ -122,6 +122,11 @@ def test_describe_gives_grid_component_and_extra_crs(tmp_path, two_cameras):
     assert abs(d["gcj02"]["lon"] - lon) > 1e-4  # GCJ-02 is offset by hundreds of metres in China
     far = loc.describe("manhole_open", np.array([-30.0, 20.5]), 0.6)
     assert "component_id" not in far and far["grid_code"] == "320582001001001"
+    assert "grid_codes_near" not in d and "grid_codes_near" not in far
+    # 0.4 m east of the border between the two grids: a 0.6 m radius reaches into the western one
+    border = loc.describe("ponding", np.array([0.4, 20.0]), 0.6)
+    assert border["grid_code"] == "320582001001002" and border["grid_codes_near"] == ["320582001001001"]
+    assert "grid_codes_near" not in loc.describe("ponding", np.array([0.4, 20.0]), 0.3)
     assert "component_id" not in loc.describe("ponding", np.array([3.0, 20.0]), 0.6)  # only open manholes
 
 

@@ -75,7 +75,7 @@ def test_every_message_we_build_validates(class_name: str, mode: str, standard_r
     {"zone": None},
     {"accuracy_m": None},
     {"extra": {"grid_code": "320582001002003", "component_id": "3205820102048188", "component_status": "丢失",
-               "location_desc": "杨舍镇 人民路 12 号"}},
+               "location_desc": "杨舍镇 人民路 12 号", "grid_codes_near": ["320582001002004"]}},
 ], ids=["no-geo", "no-jpeg", "no-zone", "no-accuracy", "geo-extras"])
 def test_optional_parts_validate(kw: dict[str, Any]) -> None:
     msg = build(make_event(1, **kw), admin_code=None)
@@ -200,6 +200,10 @@ def _mutate(path: str, value: Any = "__delete__") -> dict[str, Any]:
     pytest.param(_mutate("evidence.mime", "image/png"), id="png"),
     pytest.param(_mutate("source", "人工上报"), id="other-source"),
     pytest.param(_mutate("grid_code", "12345"), id="short-grid-code"),
+    pytest.param(_mutate("grid_codes_near", []), id="empty-grid-codes-near"),
+    pytest.param(_mutate("grid_codes_near", ["320582001002004", "12345"]), id="short-grid-code-near"),
+    pytest.param(_mutate("grid_codes_near", ["320582001002004"] * 2), id="repeated-grid-code-near"),
+    pytest.param(_mutate("grid_codes_near", "320582001002004"), id="grid-code-near-not-a-list"),
     pytest.param(_mutate("case_kind", "component"), id="case-kind-english"),
     pytest.param(_mutate("surprise", 1), id="unknown-field"),
 ])
