@@ -109,7 +109,6 @@ class Locator:
             with np.errstate(invalid="ignore", divide="ignore"):
                 away = np.where((norm > 0) & ~centre[:, None], step / norm, 0.0)
             xy = xy + away * self._depth[dets.class_id][:, None]
-        reach = np.zeros(n)
         # half the thing's size on the ground: flat things, the larger side of the box's footprint (its edge
         # midpoints on the ground); upright things, the width of the box's bottom edge there
         half = np.zeros(n)
@@ -118,8 +117,7 @@ class Locator:
             xc, yc = (f[:, 0] + f[:, 2]) / 2, (f[:, 1] + f[:, 3]) / 2
             e = gm.to_ground(np.concatenate([np.stack([f[:, 0], yc], 1), np.stack([f[:, 2], yc], 1),
                                              np.stack([xc, f[:, 1]], 1), np.stack([xc, f[:, 3]], 1)])).reshape(4, -1, 2)
-            reach[centre] = half[centre] = np.maximum(np.linalg.norm(e[0] - e[1], axis=1),
-                                                      np.linalg.norm(e[2] - e[3], axis=1)) / 2
+            half[centre] = np.maximum(np.linalg.norm(e[0] - e[1], axis=1), np.linalg.norm(e[2] - e[3], axis=1)) / 2
         if not centre.all():
             u = b[~centre]
             e = gm.to_ground(np.concatenate([u[:, [0, 3]], u[:, [2, 3]]])).reshape(2, -1, 2)
@@ -128,8 +126,8 @@ class Locator:
         acc = np.asarray(gm.accuracy_m(uv), np.float64)
         bad = ~np.all(np.isfinite(xy), axis=1)
         acc[bad] = np.nan
-        reach[bad] = np.nan
         half[bad] = np.nan
+        reach = np.where(centre | bad, half, 0.0)  # how far a flat thing's footprint reaches: its half size
         return Ground(xy, acc, away, reach, half)
 
     def record_covers(self, dets: Detections, ground: Ground, ts: float) -> list[str]:
@@ -214,7 +212,7 @@ class Locator:
             if cell is not None:
                 out.update(grid_code=cell.grid_code, street_code=cell.street_code, community_code=cell.community_code)
             if accuracy_m:
-                near = [c.grid_code for c in self.grid.within(lon, lat, accuracy_m) if c is not cell]
+                near = [c.grid_code for c in self.grid.within(lon, lat, accuracy_m) if c != cell]
                 if near:
                     out["grid_codes_near"] = near
         if class_name == "manhole_open" and self.inventory is not None:
