@@ -120,6 +120,10 @@ class Rules(_Base):
     persistence: Persistence = Field(default_factory=Persistence)
     resolve_after_s: float = Field(60.0, gt=0, description="gone this long → resolved. Longer survives long "
                                    "occlusions; shorter closes cases sooner.")
+    hidden_hold_s: float = Field(600.0, ge=0, description="while something stands in front of an open incident's "
+                                 "place (a lorry stopped over a puddle: most of the ground around it changed), up to "
+                                 "this long does not count towards `resolve_after_s`, so the case neither resolves nor "
+                                 "comes back as a second one when the lorry drives on; 0 = off")
     update_interval_s: float = Field(300.0, gt=0, description="at most one `updated` per incident this often")
     match_iou: float = Field(0.3, gt=0, le=1, description="image-box IoU that makes two sightings one incident "
                              "(cameras without ground calibration)")

@@ -28,6 +28,7 @@ from .config import Rules
 from .detections import Detections, box_inside_share, box_iou
 from .outbox import enqueue
 from .types import Frame, IncidentEvent
+from .views import hidden, remember, view_from, view_state
 
 log = logging.getLogger(__name__)
 _NS = uuid.UUID("6b1f8f1e-6a43-4d4e-9a1e-1c0c1a7e0d11")
@@ -125,6 +126,17 @@ class Track:
     reach: float = 0.0  # flat things: how far from `ground` its footprint reaches (the largest seen, <= merge radius)
     half_size: float = 0.0  # half its size on the ground in the best view (Ground.half_size)
     evidence_dirty: bool = False  # evidence changed since it was last written to the state file
+    # camera id -> its picture of the place (views.PlaceView), to tell "gone" from "hidden" on scans that miss it
+    views: dict = field(default_factory=dict)
+    # since its last sighting, per camera with a view of it: how long something stood in front of its place, and
+    # that camera's latest scan that judged it
+    hidden_s: dict = field(default_factory=dict)
+    judged_ts: dict = field(default_factory=dict)
+
+    def hidden_for(self) -> float:
+        """How long its place was hidden from every camera that has a picture of it: one camera with a clear view of
+        an empty place is enough to let the resolve clock run."""
+        return min((self.hidden_s.get(c, 0.0) for c in self.views), default=0.0)
 
     @property
     def is_open(self) -> bool:
@@ -248,7 +260,9 @@ def _track_state(t: Track) -> dict:
             "incident_id": t.incident_id, "opened_ts": t.opened_ts, "last_update": t.last_update, "seq": t.seq,
             "image_size": list(t.image_size), "ground": None if t.ground is None else [float(v) for v in t.ground],
             "ground_w": t.ground_w, "accuracy_m": t.accuracy_m,
-            "aways": {c: [float(v) for v in a] for c, a in t.aways.items()}, "reach": t.reach, "half_size": t.half_size}
+            "aways": {c: [float(v) for v in a] for c, a in t.aways.items()}, "reach": t.reach, "half_size": t.half_size,
+            "hidden_s": t.hidden_s, "judged_ts": t.judged_ts,
+            "views": {c: view_state(v) for c, v in t.views.items()} if t.is_open else {}}
 
 
 def _track_from(d: dict) -> Track:
@@ -262,7 +276,9 @@ def _track_from(d: dict) -> Track:
                  seq=d["seq"], image_size=tuple(d["image_size"]),
                  ground=None if d["ground"] is None else np.array(d["ground"], np.float64), ground_w=d["ground_w"],
                  accuracy_m=d["accuracy_m"], aways={c: np.array(a, np.float64) for c, a in aways.items()},
-                 reach=float(d.get("reach", 0.0)), half_size=float(d.get("half_size", 0.0)))
+                 reach=float(d.get("reach", 0.0)), half_size=float(d.get("half_size", 0.0)),
+                 views={c: v for c, v in ((c, view_from(v)) for c, v in d.get("views", {}).items()) if v is not None},
+                 hidden_s=dict(d.get("hidden_s", {})), judged_ts=dict(d.get("judged_ts", {})))
 
 
 def _faint_state(f: Faint) -> dict:
@@ -467,7 +483,13 @@ class IncidentBook:
                     if ts - t.last_seen <= p.window_s or t.is_open:
                         keep.append(t)
                     continue
-                if ts - t.last_seen >= rules.resolve_after_s:
+                if not seen and image is not None and camera_id in t.views and rules.hidden_hold_s > 0:
+                    # a scan that misses it: was its place in plain view, or did something stand in front of it?
+                    if hidden(t.views[camera_id], image):
+                        since = t.judged_ts.get(camera_id, t.last_seen)
+                        t.hidden_s[camera_id] = t.hidden_s.get(camera_id, 0.0) + ts - since
+                    t.judged_ts[camera_id] = ts
+                if ts - t.last_seen - min(t.hidden_for(), rules.hidden_hold_s) >= rules.resolve_after_s:
                     events.append(self._event(t, "resolved", ts))
                     self._save(t, "resolved")
                     continue
@@ -504,6 +526,7 @@ class IncidentBook:
             if camera_id in t.boxes:
                 t.boxes[camera_id] = t.boxes[camera_id] * f
                 n += 1
+            t.views.pop(camera_id, None)  # a picture of other pixels: the next sighting makes a new one
             if t.camera_id == camera_id:
                 t.box = t.box * f
                 t.best_box = None if t.best_box is None else t.best_box * f
@@ -530,6 +553,13 @@ class IncidentBook:
         prev = t.boxes.get(camera_id)
         t.boxes[camera_id] = box.copy() if prev is None else 0.7 * prev + 0.3 * box
         t.last_seen = ts
+        t.hidden_s, t.judged_ts = {}, {}
+        if image is not None and size[0] > 0:
+            view = remember(t.views.get(camera_id), t.boxes[camera_id], image, size, ts)
+            if view is None:
+                t.views.pop(camera_id, None)
+            else:
+                t.views[camera_id] = view
         xy, acc = ground.xy[i], float(ground.accuracy_m[i])
         if ground.away is not None and np.any(ground.away[i]):
             t.aways.pop(camera_id, None)  # re-inserted last: `away` is the latest sighting's
