@@ -261,8 +261,7 @@ def _track_state(t: Track) -> dict:
             "image_size": list(t.image_size), "ground": None if t.ground is None else [float(v) for v in t.ground],
             "ground_w": t.ground_w, "accuracy_m": t.accuracy_m,
             "aways": {c: [float(v) for v in a] for c, a in t.aways.items()}, "reach": t.reach, "half_size": t.half_size,
-            "hidden_s": t.hidden_s, "judged_ts": t.judged_ts,
-            "views": {c: view_state(v) for c, v in t.views.items()} if t.is_open else {}}
+            "hidden_s": t.hidden_s, "judged_ts": t.judged_ts}
 
 
 def _track_from(d: dict) -> Track:
@@ -277,7 +276,6 @@ def _track_from(d: dict) -> Track:
                  ground=None if d["ground"] is None else np.array(d["ground"], np.float64), ground_w=d["ground_w"],
                  accuracy_m=d["accuracy_m"], aways={c: np.array(a, np.float64) for c, a in aways.items()},
                  reach=float(d.get("reach", 0.0)), half_size=float(d.get("half_size", 0.0)),
-                 views={c: v for c, v in ((c, view_from(v)) for c, v in d.get("views", {}).items()) if v is not None},
                  hidden_s=dict(d.get("hidden_s", {})), judged_ts=dict(d.get("judged_ts", {})))
 
 
@@ -342,6 +340,9 @@ class IncidentBook:
         self._count: int | None = None  # the id counter, ahead of the disk by the pending writes
         self._suppressions: list[Suppression] = []
         self._frame_sizes: dict[str, tuple[int, int]] = {}  # camera id -> (w, h) its boxes here are in
+        # open incidents' pictures of their places (views.py) changed since they were last written: they go to disk
+        # only then (a new picture every 10 s at most), not with every scan's snapshot
+        self._views_dirty = False
         self._load()
 
     # ---------------------------------------------------------------- persistence
@@ -363,6 +364,11 @@ class IncidentBook:
         snap = self._conn.execute("SELECT v FROM meta WHERE k='tracks'").fetchone()
         if snap is not None:
             self._tracks = [_track_from(d) for d in json.loads(snap[0])]
+            pictures = self._conn.execute("SELECT v FROM meta WHERE k='views'").fetchone()
+            saved = json.loads(pictures[0]) if pictures else {}
+            for t in self._tracks:
+                got = ((c, view_from(v)) for c, v in saved.get(str(t.key), {}).items())
+                t.views = {c: v for c, v in got if v is not None}
             self._next_key = max((t.key for t in self._tracks), default=0)
             ev = dict(self._conn.execute("SELECT incident_id, evidence FROM incidents WHERE state='open'").fetchall())
             for t in self._tracks:
@@ -477,6 +483,7 @@ class IncidentBook:
                     if ((t.key in sustained or (n >= p.min_scans and k / n >= p.vote_ratio and k >= p.min_scans))
                             and not self._suppressed(t.class_id, t.boxes, t.ground) and not self._taken(t)):
                         t.incident_id = self._new_id(ts)
+                        self._views_dirty = True  # its pictures join the state file
                         t.opened_ts = t.last_update = ts
                         events.append(self._event(t, "opened", ts))
                         self._save(t, "open")
@@ -526,7 +533,8 @@ class IncidentBook:
             if camera_id in t.boxes:
                 t.boxes[camera_id] = t.boxes[camera_id] * f
                 n += 1
-            t.views.pop(camera_id, None)  # a picture of other pixels: the next sighting makes a new one
+            if t.views.pop(camera_id, None) is not None:  # a picture of other pixels: the next sighting makes anew
+                self._views_dirty = True
             if t.camera_id == camera_id:
                 t.box = t.box * f
                 t.best_box = None if t.best_box is None else t.best_box * f
@@ -560,6 +568,7 @@ class IncidentBook:
                 t.views.pop(camera_id, None)
             else:
                 t.views[camera_id] = view
+            self._views_dirty |= t.is_open and (view is None or view.kept_ts == ts)
         xy, acc = ground.xy[i], float(ground.accuracy_m[i])
         if ground.away is not None and np.any(ground.away[i]):
             t.aways.pop(camera_id, None)  # re-inserted last: `away` is the latest sighting's
@@ -709,10 +718,14 @@ class IncidentBook:
                                (json.dumps([_track_state(t) for t in tracks]),))
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('faint', ?)",
                                (json.dumps([_faint_state(f) for f in self._faint]),))
+            if self._views_dirty:
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('views', ?)", (json.dumps(
+                    {str(t.key): {c: view_state(v) for c, v in t.views.items()} for t in tracks if t.is_open}),))
             if events and self.sink is not None:
                 self.sink.write_events(self._conn, events)
             enqueue(self._conn, also)
             self._conn.execute("COMMIT")
+            self._views_dirty = False
         except BaseException:
             self._conn.execute("ROLLBACK")
             self._pending.clear()

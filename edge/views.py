@@ -9,10 +9,10 @@ plain view and the thing is gone (or missed); where much of the ring changed, so
 place, and that time does not count towards resolving it (up to `Rules.hidden_hold_s`). One camera with a clear
 view of the empty place is enough to let the clock run.
 
-The picture is the per-pixel median of sightings at least 10 s apart, so a pedestrian lingering beside the thing or
-a car passing it does not become part of it: with the five latest sightings instead, people on the pavement beside
-a garbage pile (scenario 843) made its empty place look hidden for minutes. Brightness is matched by one gain
-(clouds, dusk) before comparing.
+The camera keeps the pictures of five sightings at least 10 s apart, and the place counts as hidden only when the
+ground around it looks like none of them: a pedestrian lingering beside the thing or a lorry crossing in front of it
+in some sightings does not make its empty place look hidden (with the five latest sightings, people on the pavement
+beside a garbage pile in scenario 843 did, for minutes). Brightness is matched by one gain (clouds, dusk).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from .detections import box_iou
 from .types import Frame, Yuv420
 
 VIEW_PX = 24  # the place's picture, VIEW_PX square: enough cells for a share, small enough to keep per scan
-KEEP = 5  # sightings whose median is the reference
+KEEP = 5  # pictures kept per camera and place
 KEEP_EVERY_S = 10.0  # ... taken at least this far apart, so a pedestrian lingering beside the thing is not in most
 MARGIN = 1.0  # the picture reaches this share of the box's width/height beyond each side of it
 MIN_MARGIN_PX = 16.0
@@ -48,9 +48,6 @@ class PlaceView:
     box: np.ndarray
     crops: deque = field(default_factory=lambda: deque(maxlen=KEEP))
     kept_ts: float = -math.inf  # when the latest crop was taken
-
-    def reference(self) -> np.ndarray:
-        return np.median(np.stack(self.crops), axis=0) if len(self.crops) > 1 else self.crops[0].astype(np.float64)
 
 
 def _region(box: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -107,31 +104,34 @@ def remember(view: PlaceView | None, box: np.ndarray, image: np.ndarray | Frame,
     return view if view.crops else None
 
 
-def changed_share(reference: np.ndarray, current: np.ndarray, ring: np.ndarray) -> float:
-    """Share of the ring's cells that differ between two pictures of a place, after matching their brightness."""
-    ref, cur = reference[ring].astype(np.float64), current[ring].astype(np.float64)
-    gain = float(cur.mean()) / max(float(ref.mean()), 1.0)
-    return float(np.mean(np.abs(cur - gain * ref) > CHANGED_LEVELS))
+def changed_share(pictures: np.ndarray, current: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """For each earlier picture of a place (n, VIEW_PX, VIEW_PX): the share of the ring's cells that differ from the
+    current one, after matching brightness."""
+    ref = pictures.reshape(len(pictures), -1)[:, ring.ravel()].astype(np.float64)
+    cur = current.ravel()[ring.ravel()].astype(np.float64)
+    gain = cur.mean() / np.maximum(ref.mean(axis=1), 1.0)
+    return np.mean(np.abs(cur[None] - gain[:, None] * ref) > CHANGED_LEVELS, axis=1)
 
 
 def hidden(view: PlaceView, image: np.ndarray | Frame) -> bool:
-    """Does something stand in front of the place in this picture (most of the ground around it changed)?"""
+    """Does something stand in front of the place in this picture? Only when the ground around it looks like none
+    of the sightings' pictures: a lorry that crossed the ring in some of them must not make the empty place look
+    hidden (872: a lane in front of a pile, busy in three of its five pictures)."""
     current = _grey(image, view.region)
-    return current is not None and changed_share(view.reference(), current, view.ring) > HIDDEN_SHARE
+    return current is not None and float(changed_share(np.stack(view.crops), current, view.ring).min()) > HIDDEN_SHARE
 
 
 def view_state(view: PlaceView) -> dict:
-    """The view as a restart needs it: its region, box and reference picture (the median stands in for the crops)."""
-    ref = np.clip(np.rint(view.reference()), 0, 255).astype(np.uint8)
+    """The view as a restart needs it: region, box and pictures (VIEW_PX² bytes each)."""
     return {"region": [float(v) for v in view.region], "box": [float(v) for v in view.box], "kept_ts": view.kept_ts,
-            "ref": base64.b64encode(ref.tobytes()).decode("ascii")}
+            "crops": base64.b64encode(b"".join(c.tobytes() for c in view.crops)).decode("ascii")}
 
 
 def view_from(d: dict) -> PlaceView | None:
     box, region = np.array(d["box"], np.float32), np.array(d["region"], np.float64)
-    ref = np.frombuffer(base64.b64decode(d["ref"]), np.uint8)
-    if ref.size != VIEW_PX * VIEW_PX:
+    raw = np.frombuffer(base64.b64decode(d.get("crops", "")), np.uint8)
+    if raw.size == 0 or raw.size % (VIEW_PX * VIEW_PX):
         return None  # written with another picture size
     view = PlaceView(region, _ring(region, box), box, kept_ts=float(d.get("kept_ts", -math.inf)))
-    view.crops.append(ref.reshape(VIEW_PX, VIEW_PX))
+    view.crops.extend(raw.reshape(-1, VIEW_PX, VIEW_PX).copy())
     return view
