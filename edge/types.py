@@ -33,6 +33,11 @@ class Yuv420:
     def height(self) -> int:
         return int(self.data.shape[0] * 2 // 3)
 
+    @property
+    def y(self) -> np.ndarray:
+        """The luma plane, `(height, width)`: a view, no copy (grey pictures need nothing else)."""
+        return self.data[: self.height]
+
     def bgr(self) -> np.ndarray:
         """The whole picture as BGR (a new array)."""
         import cv2  # here: the message and intake code import this module and never convert pictures
@@ -50,7 +55,7 @@ class Yuv420:
         flat, c = self.data.reshape(-1), (h // 2) * (w // 2)
         u, v = flat[h * w : h * w + c].reshape(h // 2, w // 2), flat[h * w + c :].reshape(h // 2, w // 2)
         small = np.empty((eh * 3 // 2, ew), np.uint8)
-        cv2.resize(self.data[:h], (ew, eh), dst=small[:eh], interpolation=cv2.INTER_LINEAR)
+        cv2.resize(self.y, (ew, eh), dst=small[:eh], interpolation=cv2.INTER_LINEAR)
         out, sc = small.reshape(-1), (eh // 2) * (ew // 2)
         out[eh * ew : eh * ew + sc] = cv2.resize(u, (ew // 2, eh // 2), interpolation=cv2.INTER_LINEAR).reshape(-1)
         out[eh * ew + sc :] = cv2.resize(v, (ew // 2, eh // 2), interpolation=cv2.INTER_LINEAR).reshape(-1)

@@ -75,7 +75,7 @@ def _grey(image: np.ndarray | Frame, region: np.ndarray) -> np.ndarray | None:
     x1, y1 = max(int(np.ceil(region[2])), x0 + 1), max(int(np.ceil(region[3])), y0 + 1)
     pixels = image.pixels if isinstance(image, Frame) else image
     if isinstance(pixels, Yuv420):
-        crop = pixels.data[:pixels.height][y0:y1, x0:x1]
+        crop = pixels.y[y0:y1, x0:x1]
     else:
         crop = pixels[y0:y1, x0:x1]
         if crop.ndim == 3:
