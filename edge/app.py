@@ -151,7 +151,7 @@ def load_everything(site_path: Path, model: Path | None = None, rules_override: 
 
     model_path = model or resolve(site.model, base)
     try:
-        det = Detector(model_path, intra_op_num_threads=threads or site.inference.threads)
+        det = Detector(model_path, intra_op_num_threads=threads or site.inference.threads, flip=site.inference.flip)
     except (ManifestError, ModelMismatchError) as e:
         raise ConfigError(f"{site_path}: model: {e}") from None
     except Exception as e:  # onnxruntime's own errors for a file that is not a model

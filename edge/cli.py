@@ -130,7 +130,8 @@ def cmd_eval_model(a: argparse.Namespace) -> int:
     from .manifest import ManifestError
 
     try:
-        res = evaluate(Path(a.model), Path(a.data), split=a.split, progress=None if a.json else Progress("evaluating"))
+        res = evaluate(Path(a.model), Path(a.data), split=a.split, progress=None if a.json else Progress("evaluating"),
+                       flip=a.flip)
     except (ManifestError, ModelMismatchError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -436,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="ultralytics dataset yaml (boxes or polygons)")
     s.add_argument("--split", default="val")
     s.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    s.add_argument("--flip", action="store_true", help="as a site with `inference.flip: true` runs it: each image "
+                   "also mirrored, the two views' scores averaged (twice the inference)")
     s.set_defaults(func=cmd_eval_model)
 
     from .calibration import add_calibrate_parser

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from edge.detections import Detections, box_inside_share
+from edge.detections import Detections, box_inside_share, box_iou
 from edge.manifest import MANIFEST_SUFFIX, Manifest, ManifestError, load_manifest, manifest_path_for, model_path_of
 from edge.types import Pixels, Yuv420
 
@@ -34,6 +34,12 @@ MAX_NMS_CANDIDATES = 30000
 CUT_EDGE_PX = 2.0
 CUT_HELD_SHARE = 0.6
 CUT_BEYOND_SHARE = 0.25
+# Mirror test-time augmentation (`flip`): each view keeps its boxes down to FLIP_FLOOR of the class threshold, and a
+# box becomes the mean (place and score) of itself and the surest same-class box of the other view overlapping it by
+# FLIP_MATCH_IOU (a score of 0 where none does): a thing both views see keeps its score, one that only a single view
+# sees loses half.
+FLIP_FLOOR = 0.5
+FLIP_MATCH_IOU = 0.55
 
 
 class ModelMismatchError(ValueError):
@@ -193,11 +199,14 @@ class Detector:
     The onnxruntime session is created once and reused; the detector keeps no per-call state.
     """
 
-    def __init__(self, path: str | Path, *, intra_op_num_threads: int = 2, verify_sha256: bool = True) -> None:
+    def __init__(self, path: str | Path, *, intra_op_num_threads: int = 2, verify_sha256: bool = True,
+                 flip: bool = False) -> None:
         """Load a model from its manifest path, or from the model path with ``<stem>.manifest.json`` beside it.
 
         Args:
             path: ``x.manifest.json`` or ``x.onnx``.
+            flip: also run every input mirrored left-right and average the two views' scores (twice the inference;
+                on the shipped model's test scenes mean AP50 0.870 -> 0.888, see the README).
             intra_op_num_threads: onnxruntime threads for one inference. More threads cut latency
                 but compete with decoding and other cameras on a small box; 2 suits a 2-core edge node.
             verify_sha256: hash the model against the manifest at load (catches swapped files).
@@ -237,8 +246,9 @@ class Detector:
         self.dynamic_batch: bool = _dim(model_input.shape[0]) is None
         self._thresholds = np.asarray(self.manifest.thresholds, dtype=np.float32)
         self._names = np.asarray(self.manifest.class_names)
+        self.flip: bool = flip
         logger.info(
-            "loaded %s (%s %s): input %dx%d, %d classes, batch %s",
+            "loaded %s (%s %s): input %dx%d, %d classes, batch %s%s",
             self.model_path,
             self.manifest.name,
             self.manifest.version,
@@ -246,6 +256,7 @@ class Detector:
             self.manifest.input.height,
             len(self._names),
             "dynamic" if self.dynamic_batch else "1",
+            ", mirrored views averaged" if flip else "",
         )
 
     @property
@@ -255,7 +266,8 @@ class Detector:
 
     def preprocess(self, images: Sequence[Pixels]) -> tuple[np.ndarray, list[LetterboxParams]]:
         """Letterbox BGR frames (or I420 planes) into one ``(n, 3, H, W)`` float32 batch in the manifest's colour
-        and scale."""
+        and scale; with `flip`, ``(2n, 3, H, W)``: the n inputs, then the same n mirrored (the canvas itself, so a
+        box maps back exactly: x -> W - x)."""
         spec = self.manifest.input
         batch = np.empty((len(images), 3, spec.height, spec.width), dtype=np.float32)
         params: list[LetterboxParams] = []
@@ -267,6 +279,8 @@ class Detector:
             batch[i] = canvas.transpose(2, 0, 1)
             params.append(p)
         batch *= np.float32(spec.scale)
+        if self.flip:
+            batch = np.concatenate([batch, batch[..., ::-1]])
         return batch, params
 
     def _resolve_thresholds(self, conf: float | Sequence[float] | np.ndarray | None) -> np.ndarray:
@@ -294,12 +308,17 @@ class Detector:
         """
         output = np.asarray(output)
         nc = len(self._names)
-        if output.ndim != 3 or output.shape[1] != 4 + nc or output.shape[0] != len(params):
-            raise ValueError(f"output must have shape ({len(params)}, {4 + nc}, N), got {output.shape}")
+        n = len(params) * (2 if self.flip else 1)
+        if output.ndim != 3 or output.shape[1] != 4 + nc or output.shape[0] != n:
+            raise ValueError(f"output must have shape ({n}, {4 + nc}, N), got {output.shape}")
         thresholds = self._resolve_thresholds(conf)
-        return [self._decode(pred, p, thresholds) for pred, p in zip(output, params)]
+        if self.flip:
+            return [self._decode_mirrored(pred, mirrored, p, thresholds)
+                    for pred, mirrored, p in zip(output[:len(params)], output[len(params):], params)]
+        return [self._to_frame(*self._view(pred, thresholds), p) for pred, p in zip(output, params)]
 
-    def _decode(self, pred: np.ndarray, p: LetterboxParams, thresholds: np.ndarray) -> Detections:
+    def _view(self, pred: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One input's boxes (input pixels), scores and classes at or above `thresholds`, after class-aware NMS."""
         scores = pred[4:]  # (nc, N)
         class_id = scores.argmax(axis=0)
         confidence = np.take_along_axis(scores, class_id[None, :], axis=0)[0]
@@ -309,9 +328,37 @@ class Detector:
         cx, cy, w, h = pred[:4, keep].astype(np.float32)
         xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
         confidence, class_id = confidence[keep].astype(np.float32), class_id[keep]
-
         kept = nms(xyxy, confidence, class_id, self.manifest.nms_iou, self.manifest.max_detections)
-        xyxy, confidence, class_id = xyxy[kept], confidence[kept], class_id[kept]
+        return xyxy[kept], confidence[kept], class_id[kept]
+
+    def _decode_mirrored(self, pred: np.ndarray, mirrored: np.ndarray, p: LetterboxParams,
+                         thresholds: np.ndarray) -> Detections:
+        """Fuse an input's view and its mirror's: scores averaged over the two views (see FLIP_MATCH_IOU), then
+        the thresholds and NMS over both views' boxes."""
+        a = self._view(pred, thresholds * np.float32(FLIP_FLOOR))
+        b = self._view(mirrored, thresholds * np.float32(FLIP_FLOOR))
+        width = np.float32(self.manifest.input.width)
+        b_xyxy = np.stack([width - b[0][:, 2], b[0][:, 1], width - b[0][:, 0], b[0][:, 3]], axis=1)
+        xyxy = np.concatenate([a[0], b_xyxy])
+        confidence, class_id = np.concatenate([a[1], b[1]]), np.concatenate([a[2], b[2]])
+        view = np.repeat([0, 1], [len(a[1]), len(b[1])])
+        if len(confidence):
+            overlap = box_iou(xyxy, xyxy)
+            other = (overlap >= FLIP_MATCH_IOU) & (class_id[:, None] == class_id[None, :]) & (view[:, None] != view[None, :])
+            match = np.where(other, confidence[None, :], -1.0).argmax(axis=1)  # the other view's surest match
+            has = other[np.arange(len(match)), match]
+            # a matched pair becomes one box, the mean of both in place and score, whichever view it is read from
+            xyxy = np.where(has[:, None], (xyxy + xyxy[match]) / 2, xyxy)
+            confidence = ((confidence + np.where(has, confidence[match], 0.0)) / 2).astype(np.float32)
+        keep = np.flatnonzero(confidence >= thresholds[class_id])
+        xyxy, confidence, class_id = xyxy[keep], confidence[keep], class_id[keep]
+        kept = nms(xyxy, confidence, class_id, self.manifest.nms_iou, self.manifest.max_detections)
+        return self._to_frame(xyxy[kept], confidence[kept], class_id[kept], p)
+
+    def _to_frame(self, xyxy: np.ndarray, confidence: np.ndarray, class_id: np.ndarray,
+                  p: LetterboxParams) -> Detections:
+        """Boxes from input pixels to the frame's, clipped to it."""
+        xyxy = xyxy.astype(np.float32, copy=True)
         xyxy -= np.array([p.left, p.top, p.left, p.top], dtype=np.float32)
         xyxy /= np.array([p.gain_x, p.gain_y, p.gain_x, p.gain_y], dtype=np.float32)
         np.clip(xyxy[:, 0::2], 0, p.orig_width, out=xyxy[:, 0::2])

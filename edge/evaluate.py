@@ -294,6 +294,7 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     *,
     batch_size: int = 8,
+    flip: bool = False,
 ) -> EvalResult:
     """Evaluate a model (``.onnx`` or ``.manifest.json``) on one split of a dataset.
 
@@ -304,11 +305,12 @@ def evaluate(
     Args:
         progress: called as ``progress(images_done, images_total)`` after each batch.
         batch_size: images decoded (in a background thread) and inferred per step.
+        flip: run the model as a site with `inference.flip` does (each image also mirrored, scores averaged).
 
     Raises:
         ValueError: bad dataset yaml or a split with no images.
     """
-    detector = Detector(model_path)
+    detector = Detector(model_path, flip=flip)
     dataset = load_dataset_split(data_yaml, split)
     if not dataset.images:
         raise ValueError(f"{data_yaml}: split '{split}' has no images")

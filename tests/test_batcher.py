@@ -39,8 +39,9 @@ def _slow_first_call(shared: SharedDetector, hold: threading.Event) -> None:
     shared.detector.run = run_held  # type: ignore[method-assign]
 
 
-def test_each_camera_gets_its_own_frames_detections_in_a_shared_batch(shipped_model: Path) -> None:
-    det = Detector(shipped_model, intra_op_num_threads=1)
+@pytest.mark.parametrize("flip", [False, True])
+def test_each_camera_gets_its_own_frames_detections_in_a_shared_batch(shipped_model: Path, flip: bool) -> None:
+    det = Detector(shipped_model, intra_op_num_threads=1, flip=flip)
     assert det.dynamic_batch, "the shipped model's batch dimension must be free (edge/train.py make_batch_dynamic)"
     frames = _frames(6)
     tiles = [(), [(0, 0, 480, 270)], (), [(480, 270, 960, 540), (0, 270, 480, 540)], (), ()]
@@ -69,7 +70,8 @@ def test_each_camera_gets_its_own_frames_detections_in_a_shared_batch(shipped_mo
     for i in range(6):
         assert _same(got[i], alone[i]), f"camera {i} got another frame's detections"
     st = shared.stats()
-    assert st["calls"] == 2 and st["batch_sizes"] == {1: 1, 8: 1}, st  # 5 frames + 3 tiles in one call
+    k = 2 if flip else 1  # a mirrored input beside each one
+    assert st["calls"] == 2 and st["batch_sizes"] == {k: 1, 8 * k: 1}, st  # 5 frames + 3 tiles in one call
 
 
 def test_a_model_with_a_fixed_batch_still_serves_every_camera(tmp_path: Path) -> None:

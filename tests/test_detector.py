@@ -457,3 +457,41 @@ def test_a_box_a_tiles_edge_only_trims_keeps_its_score(tmp_path):
     assert len(got) == 2
     assert by_class[0] == (0.86, (992, 254, 1066, 281))  # the sure view kept, not the 0.78 under the threshold
     assert by_class[2] == (0.87, (640, 339, 700, 372))
+
+
+# --------------------------------------------------------------------------- mirrored views (inference.flip)
+
+
+def test_flip_averages_each_box_with_its_mirror_views_match(tmp_path: Path) -> None:
+    """The constant model answers the mirrored input with the same boxes, which the mirror maps to the other side:
+    a box centred on the input's middle is seen by both views and keeps its score; an off-centre one is seen by
+    one view on each side, at half its score."""
+    anchors = [(160, 100, 60, 40, 0, 0.9), (60, 220, 40, 40, 1, 0.8)]
+    plain = Detector(build(tmp_path, anchors, thresholds=[0.3, 0.3]))
+    flip = Detector(build(tmp_path, anchors, thresholds=[0.3, 0.3], name="f"), flip=True)
+    frame = np.zeros((320, 320, 3), dtype=np.uint8)
+    batch, params = flip.preprocess([frame])
+    assert batch.shape[0] == 2 and len(params) == 1
+    assert np.array_equal(batch[1], batch[0][..., ::-1])
+    d0, d = plain.detect(frame), flip.detect(frame)
+    assert len(d0) == 2 and len(d) == 3
+    order = np.lexsort((d.xyxy[:, 0], d.class_id))
+    assert d.class_id[order].tolist() == [0, 1, 1]
+    assert d.confidence[order].tolist() == pytest.approx([0.9, 0.4, 0.4])
+    assert d.xyxy[order] == pytest.approx(np.array([[130, 80, 190, 120], [40, 200, 80, 240], [240, 200, 280, 240]]))
+    # at a threshold over half the score, the one-view boxes fall away; the two-view box stays
+    strict = Detector(build(tmp_path, anchors, thresholds=[0.3, 0.5], name="s"), flip=True)
+    assert strict.detect(frame).class_id.tolist() == [0]
+
+
+def test_flip_is_mirror_symmetric_on_the_shipped_model(shipped_model: Path) -> None:
+    """Both views map back to the frame exactly: a mirrored frame gives the mirrored boxes with the same scores."""
+    frame = render(sample_scene(7, 960, 540, n_incidents=4))[0]
+    det = Detector(shipped_model, flip=True)
+    a, b = det.detect(frame, conf=0.2), det.detect(np.ascontiguousarray(frame[:, ::-1]), conf=0.2)
+    assert len(a) >= 1 and len(a) == len(b)
+    mirrored = np.stack([960 - b.xyxy[:, 2], b.xyxy[:, 1], 960 - b.xyxy[:, 0], b.xyxy[:, 3]], axis=1)
+    ia, ib = np.lexsort((a.xyxy[:, 0], a.class_id)), np.lexsort((mirrored[:, 0], b.class_id))
+    assert a.class_id[ia].tolist() == b.class_id[ib].tolist()
+    assert a.xyxy[ia] == pytest.approx(mirrored[ib], abs=0.05)
+    assert a.confidence[ia] == pytest.approx(b.confidence[ib], abs=1e-4)

@@ -58,14 +58,15 @@ def test_eval_model_json_contract(shipped_model, tmp_path):
 
     data = write_dataset(tmp_path / "d", 12, seed=31337, imgsz=640, val_fraction=1.0, workers=1,
                          real_bag_share=0.0, photo_bg_share=0.0)
-    r = subprocess.run([sys.executable, "run_edge.py", "eval-model", "--model", str(shipped_model), "--data", str(data),
-                        "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout)  # exactly one JSON object on stdout
-    assert set(res) == {"images", "classes", "skipped_classes"}
-    assert res["images"] == 12 and res["skipped_classes"] == []
-    for m in res["classes"].values():
-        assert set(m) == {"ap50", "ap50_95", "precision", "recall", "instances"}
+    for flip in ([], ["--flip"]):  # --flip: as a site with inference.flip runs the model
+        r = subprocess.run([sys.executable, "run_edge.py", "eval-model", "--model", str(shipped_model), "--data",
+                            str(data), "--json", *flip], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)  # exactly one JSON object on stdout
+        assert set(res) == {"images", "classes", "skipped_classes"}
+        assert res["images"] == 12 and res["skipped_classes"] == []
+        for m in res["classes"].values():
+            assert set(m) == {"ap50", "ap50_95", "precision", "recall", "instances"}
 
 
 @pytest.mark.slow
