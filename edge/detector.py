@@ -205,11 +205,11 @@ class Detector:
 
         Args:
             path: ``x.manifest.json`` or ``x.onnx``.
-            flip: also run every input mirrored left-right and average the two views' scores (twice the inference;
-                on the shipped model's test scenes mean AP50 0.870 -> 0.888, see the README).
             intra_op_num_threads: onnxruntime threads for one inference. More threads cut latency
                 but compete with decoding and other cameras on a small box; 2 suits a 2-core edge node.
             verify_sha256: hash the model against the manifest at load (catches swapped files).
+            flip: also run every input mirrored left-right and average the two views (twice the inference; what it
+                buys is measured in the README, 'The detector').
 
         Raises:
             ManifestError: missing or invalid manifest.
@@ -335,8 +335,8 @@ class Detector:
                          thresholds: np.ndarray) -> Detections:
         """Fuse an input's view and its mirror's: scores averaged over the two views (see FLIP_MATCH_IOU), then
         the thresholds and NMS over both views' boxes."""
-        a = self._view(pred, thresholds * np.float32(FLIP_FLOOR))
-        b = self._view(mirrored, thresholds * np.float32(FLIP_FLOOR))
+        floor = thresholds * np.float32(FLIP_FLOOR)
+        a, b = self._view(pred, floor), self._view(mirrored, floor)
         width = np.float32(self.manifest.input.width)
         b_xyxy = np.stack([width - b[0][:, 2], b[0][:, 1], width - b[0][:, 0], b[0][:, 3]], axis=1)
         xyxy = np.concatenate([a[0], b_xyxy])
