@@ -118,6 +118,12 @@ class Locator:
             e = gm.to_ground(np.concatenate([np.stack([f[:, 0], yc], 1), np.stack([f[:, 2], yc], 1),
                                              np.stack([xc, f[:, 1]], 1), np.stack([xc, f[:, 3]], 1)])).reshape(4, -1, 2)
             half[centre] = np.maximum(np.linalg.norm(e[0] - e[1], axis=1), np.linalg.norm(e[2] - e[3], axis=1)) / 2
+            # a flat thing's centre is midway between its near and far edges on the ground, not where the box's
+            # middle row lands: perspective shrinks the far half, so that row lies beyond the middle in the image
+            # and its ground point falls short of the centre, by about L^2/4d for a thing L long at distance d
+            mid = (e[2] + e[3]) / 2
+            ok = np.all(np.isfinite(mid), axis=1)
+            xy[np.flatnonzero(centre)[ok]] = mid[ok]
         if not centre.all():
             u = b[~centre]
             e = gm.to_ground(np.concatenate([u[:, [0, 3]], u[:, [2, 3]]])).reshape(2, -1, 2)
