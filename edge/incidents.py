@@ -798,7 +798,9 @@ class IncidentBook:
         material pile 1.5 m from the puddle's centre, inside its 3.5 m footprint)? Then it is most likely that thing
         read as something else (a puddle seen as a garbage pile from the second camera), and the centre wants one
         case per thing; so is its top boxed alone beyond an upright incident's foot (`_top_of`). Classes in
-        `may_share_place` (an open manhole lies in a puddle) are never held back nor hold others back; the candidate opens if that incident resolves while it is still seen."""
+        `may_share_place` (an open manhole lies in a puddle) are never held back nor hold others back; the candidate opens if that incident resolves while it is still seen.
+        Records the holder in `t.held_by`: later scans keep the candidate held while that incident is open and it is
+        still there (`_still_at`), rather than judging it afresh against that scan's box."""
         if self._other_m <= 0 or t.ground is None or self._shares[t.class_id]:
             return False
         if t.held_by is not None:
